@@ -1,0 +1,122 @@
+"""BlinkDL-format ``.pth`` files: read, check, write.
+
+Our module tree uses BlinkDL's names (emb, blocks.N.ln0/ln1/ln2/att/ffn, ln_out, head), so a
+model's ``state_dict()`` *is* the .pth layout; this module only validates and converts dtypes.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import ModelConfig
+from .errors import CheckpointError
+
+# Keys some released files carry that our models do not use (layer 0 has no value residual).
+IGNORED_KEYS = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
+WRAPPER_PREFIXES = ("_forward_module.", "model.", "module.")
+
+
+def detect_version(state_dict: dict[str, Tensor]) -> str:
+    if "blocks.0.att.r_k" in state_dict:
+        return "x070"
+    if "blocks.0.att.time_maa_x" in state_dict:
+        return "x060"
+    if "blocks.0.att.time_mix_k" in state_dict and "blocks.0.att.ln_x.weight" in state_dict:
+        return "x052"
+    raise CheckpointError("cannot tell the RWKV version of this state dict (no x052/x060/x070 keys)")
+
+
+def load_pth(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A .pth state dict on CPU, with any Lightning/DeepSpeed wrapper prefix removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model.load_model: no such file {str(path)!r}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise CheckpointError(f"{path}: not a readable .pth state dict ({type(exc).__name__}: {exc})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]  # a Lightning .ckpt
+    if not isinstance(sd, dict) or "emb.weight" not in _strip_prefixes(sd):
+        raise CheckpointError(f"{path}: not an RWKV state dict (no 'emb.weight')")
+    return _strip_prefixes(sd)
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    for prefix in WRAPPER_PREFIXES:
+        if any(k.startswith(prefix + "emb.") for k in sd):
+            return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def config_from_state_dict(sd: dict[str, Tensor]) -> ModelConfig:
+    """The architecture a state dict describes, every dim read from tensor shapes."""
+    version = detect_version(sd)
+    vocab_size, n_embd = sd["emb.weight"].shape
+    n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    n_head, head_size = sd["blocks.0.att.r_k"].shape
+    return ModelConfig(
+        version=version,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        vocab_size=vocab_size,
+        head_size=head_size,
+        dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
+        decay_lora=sd["blocks.0.att.w1"].shape[1],
+        iclr_lora=sd["blocks.0.att.a1"].shape[1],
+        value_lora=sd["blocks.1.att.v1"].shape[1] if n_layer > 1 else None,
+        gate_lora=sd["blocks.0.att.g1"].shape[1],
+    )
+
+
+def check_compatible(cfg: ModelConfig, file_cfg: ModelConfig, path: str) -> None:
+    """The user's config must describe the same model as the file (LoRA ranks excepted)."""
+    for name in ("version", "n_layer", "n_embd", "vocab_size", "head_size"):
+        want, have = getattr(cfg, name), getattr(file_cfg, name)
+        if want != have:
+            raise CheckpointError(f"{path}: has {name}={have} but the config says model.{name}={want}")
+
+
+def load_state_into(model: nn.Module, sd: dict[str, Tensor], path: str = "state dict") -> None:
+    """Copy weights with strict name and shape checks that name the offending key."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    if missing:
+        raise CheckpointError(f"{path}: missing key {missing[0]!r} ({len(missing)} missing in all)")
+    unexpected = [k for k in sd if k not in own and k not in IGNORED_KEYS]
+    if unexpected:
+        raise CheckpointError(f"{path}: unexpected key {unexpected[0]!r} ({len(unexpected)} in all)")
+    for key, target in own.items():
+        source = sd[key]
+        if source.shape != target.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(source.shape)}, the model expects {tuple(target.shape)}"
+            )
+    with torch.no_grad():
+        for key, target in own.items():
+            target.copy_(sd[key].to(target.dtype))
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def save_pth(model_or_sd: nn.Module | dict, path: str | os.PathLike, dtype: str | None = None,
+             overwrite: bool = False) -> Path:
+    """Write a plain BlinkDL-format state dict. Refuses to replace an existing file unless asked."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; choose another path or pass overwrite")
+    sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
+    out = {}
+    for key, tensor in sd.items():
+        tensor = tensor.detach().cpu()
+        out[key] = tensor.to(DTYPES[dtype]) if dtype else tensor.clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(out, tmp)
+    os.replace(tmp, path)  # never leave a half-written .pth behind
+    return path

@@ -1,0 +1,100 @@
+"""The RWKV language model: embedding, a stack of blocks, head; state in, state out.
+
+What differs between versions (time-mix, channel-mix, their init) lives in ``v5.py``/``v6.py``/
+``v7.py``; everything here is shared.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..config import ModelConfig
+from ..ops import get_backend
+from .state import RecurrentState
+from .v7 import V7_INIT, ChannelMixV7, TimeMixV7
+
+VERSIONS = {
+    "x070": (TimeMixV7, ChannelMixV7, V7_INIT),
+}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer_id: int, wkv_backend: str):
+        super().__init__()
+        time_mix, channel_mix, _ = VERSIONS[cfg.version]
+        self.layer_id = layer_id
+        if layer_id == 0:
+            self.ln0 = nn.LayerNorm(cfg.n_embd)  # normalises the embedding once, as BlinkDL's
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.att = time_mix(cfg, layer_id, wkv_backend)
+        self.ffn = channel_mix(cfg, layer_id)
+
+    def forward(self, x: Tensor, v_first: Tensor | None, state: RecurrentState):
+        if self.layer_id == 0:
+            x = self.ln0(x)
+        att, att_shift, wkv, v_first = self.att(self.ln1(x), state.att_shift, state.wkv, v_first)
+        x = x + att
+        ffn, ffn_shift = self.ffn(self.ln2(x), state.ffn_shift)
+        x = x + ffn
+        return x, v_first, RecurrentState(att_shift, wkv, ffn_shift)
+
+
+class RWKV(nn.Module):
+    """forward(idx (B, T), state) -> (logits (B, T, V), new state). Any T; the state carries the past."""
+
+    def __init__(self, cfg: ModelConfig, wkv_backend: str = "chunked"):
+        super().__init__()
+        get_backend(wkv_backend)  # fail early on an unknown name
+        self.cfg = cfg
+        self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i, wkv_backend) for i in range(cfg.n_layer))
+        self.ln_out = nn.LayerNorm(cfg.n_embd)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+
+    def set_wkv_backend(self, name: str) -> None:
+        get_backend(name)
+        for block in self.blocks:
+            block.att.wkv_backend = name
+
+    def empty_state(self, batch_size: int, device=None) -> RecurrentState:
+        cfg = self.cfg
+        device = device if device is not None else self.emb.weight.device
+        return RecurrentState.zeros(cfg.n_layer, batch_size, cfg.n_embd, cfg.n_head, cfg.head_size,
+                                    device=device, dtype=self.emb.weight.dtype)
+
+    def hidden(self, idx: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
+        """Final normalised hidden states (B, T, C), before the head."""
+        if state is None:
+            state = self.empty_state(idx.shape[0], idx.device)
+        x = self.emb(idx)
+        v_first = None
+        new_states = []
+        for i, block in enumerate(self.blocks):
+            x, v_first, layer_state = block(x, v_first, state.layer(i))
+            new_states.append(layer_state)
+        return self.ln_out(x), RecurrentState.stack(new_states)
+
+    def forward(self, idx: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
+        x, state = self.hidden(idx, state)
+        return self.head(x), state
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """The official per-parameter initialisation of this version (BlinkDL's fresh-model init)."""
+        cfg = self.cfg
+        table = VERSIONS[cfg.version][2]
+        nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
+        head_gain = 0.5 * (cfg.vocab_size / cfg.n_embd) ** 0.5 if cfg.vocab_size > cfg.n_embd else 0.5
+        nn.init.orthogonal_(self.head.weight, gain=head_gain)
+        for norm in [self.ln_out] + [m for b in self.blocks for m in (b.ln1, b.ln2, getattr(b, "ln0", None)) if m]:
+            nn.init.ones_(norm.weight)
+            nn.init.zeros_(norm.bias)
+        for i, block in enumerate(self.blocks):
+            for name, param in block.named_parameters():
+                if name.startswith(("ln0.", "ln1.", "ln2.")):
+                    continue
+                if name not in table:
+                    raise KeyError(f"no init rule for blocks.{i}.{name} in the {cfg.version} table")
+                table[name](param, cfg, i)

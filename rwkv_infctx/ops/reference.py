@@ -1,0 +1,61 @@
+"""Readable float32 references of the WKV recurrences.
+
+Every fast path (the chunk-parallel PyTorch path here, CUDA and Triton kernels later) is tested
+against these loops. They favour clarity over speed: one token at a time, exactly as the
+recurrence is written in the RWKV papers.
+
+Layout conventions shared by every WKV op in this package:
+    r, w, k, v, a, b : (B, T, H, N)   batch, time, heads, head size
+    state            : (B, H, N, N)   float32, indexed [batch, head, key, value]
+    output           : (B, T, H, N)   same dtype as ``r``
+``w`` is the natural log of the per-channel decay (w <= 0, decay = exp(w)), so every backend
+receives the same, already-activated quantity. The state layout [key, value] is the one
+flash-linear-attention uses; BlinkDL's x070 kernels keep [value, key] and are converted at the
+edges (see ``rwkv_infctx.checkpoint``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def zero_state(r: Tensor) -> Tensor:
+    B, _, H, N = r.shape
+    return torch.zeros(B, H, N, N, dtype=torch.float32, device=r.device)
+
+
+def wkv7_reference(
+    r: Tensor,
+    w: Tensor,
+    k: Tensor,
+    v: Tensor,
+    a: Tensor,
+    b: Tensor,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RWKV-7 (x070) generalised delta rule, one token at a time.
+
+    For each token t, with S of shape (N_key, N_value):
+        S_t = diag(exp(w_t)) S_{t-1} + b_t (a_t^T S_{t-1}) + k_t v_t^T
+        o_t = S_t^T r_t
+    In the model a = -kk and b = kk * iclr (kk the normalised key), which makes the middle term
+    the delta-rule "forget what kk pointed at" update.
+
+    Returns (output (B, T, H, N) in r.dtype, final state (B, H, N, N) float32).
+    """
+    out_dtype = r.dtype
+    r, w, k, v, a, b = (x.float() for x in (r, w, k, v, a, b))
+    state = zero_state(r) if initial_state is None else initial_state.float()
+    decay = w.exp()
+    outputs = []
+    for t in range(r.shape[1]):
+        sa = torch.einsum("bhk,bhkv->bhv", a[:, t], state)  # (B, H, V)
+        state = (
+            decay[:, t, :, :, None] * state
+            + b[:, t, :, :, None] * sa[:, :, None, :]
+            + k[:, t, :, :, None] * v[:, t, :, None, :]
+        )
+        outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, t], state))
+    out = torch.stack(outputs, dim=1) if outputs else torch.zeros_like(v)
+    return out.to(out_dtype), state

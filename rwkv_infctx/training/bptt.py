@@ -1,0 +1,64 @@
+"""Infinite context: a sample of any length is processed in chunks of ``ctx_len`` tokens with the
+recurrent state carried between chunks.
+
+Memory stays flat because each chunk's forward runs under activation checkpointing: only the
+chunk-boundary states (a few MB) are kept, and every chunk is recomputed in the backward pass.
+Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` detaches it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from ..model import RWKV, RecurrentState
+from .loss import masked_token_loss_sum
+
+
+@dataclass
+class SampleLoss:
+    loss: Tensor  # mean cross-entropy per valid token (what is optimised and logged)
+    loss_sum: Tensor  # summed over valid tokens (for token-weighted averages across batches)
+    n_tokens: Tensor  # number of valid tokens
+    n_chunks: int
+
+
+def chunked_sample_loss(
+    model: RWKV,
+    input_ids: Tensor,
+    targets: Tensor,
+    mask: Tensor,
+    ctx_len: int,
+    bptt_truncate: bool = False,
+    recompute: bool = True,
+    l2wrap: float = 0.0,
+    state: RecurrentState | None = None,
+) -> SampleLoss:
+    """Mean next-token loss of whole samples (B, T), cut into chunks of ctx_len tokens."""
+    B, T = input_ids.shape
+    state = model.empty_state(B, input_ids.device) if state is None else state
+    mask = mask.float()
+
+    def run_chunk(ids, tgt, msk, *state_parts):
+        logits, new_state = model(ids, RecurrentState(*state_parts))
+        return (masked_token_loss_sum(logits, tgt, msk, l2wrap), *new_state)
+
+    loss_sum = torch.zeros((), device=input_ids.device)
+    n_chunks = 0
+    for start in range(0, T, ctx_len):
+        chunk = slice(start, start + ctx_len)
+        if bptt_truncate:
+            state = state.detach()
+        args = (input_ids[:, chunk], targets[:, chunk], mask[:, chunk], *state)
+        if recompute and torch.is_grad_enabled():
+            chunk_loss, *parts = checkpoint(run_chunk, *args, use_reentrant=False)
+        else:
+            chunk_loss, *parts = run_chunk(*args)
+        state = RecurrentState(*parts)
+        loss_sum = loss_sum + chunk_loss
+        n_chunks += 1
+    n_tokens = mask.sum()
+    return SampleLoss(loss_sum / n_tokens.clamp(min=1), loss_sum.detach(), n_tokens, n_chunks)

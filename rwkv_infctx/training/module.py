@@ -1,0 +1,179 @@
+"""The LightningModule: builds (or loads) the model, runs the chunked BPTT loss, logs, exports."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from ..checkpoint import check_compatible, config_from_state_dict, load_pth, load_state_into, save_pth
+from ..config import ModelConfig
+from ..errors import ConfigError, DataError
+from ..model import RWKV
+from ..ops import CTX_LEN_MULTIPLE, get_backend
+from .bptt import chunked_sample_loss
+from .optim import lr_at, param_groups
+
+
+class RWKVModule(L.LightningModule):
+    def __init__(
+        self,
+        version: Literal["x052", "x060", "x070"] = "x070",
+        n_layer: int = 4,
+        n_embd: int = 256,
+        vocab_size: int = 65536,
+        head_size: int = 64,
+        dim_ffn: int | None = None,
+        ctx_len: int = 256,
+        bptt_truncate: bool = False,
+        recompute_chunks: bool = True,
+        load_model: str | None = None,
+        wkv_backend: str = "chunked",
+        lr_init: float = 6e-4,
+        lr_final: float = 6e-5,
+        warmup_steps: int = 10,
+        beta1: float = 0.9,
+        beta2: float = 0.99,
+        adam_eps: float = 1e-18,
+        weight_decay: float = 0.0,
+        l2wrap: float = 1e-4,
+        export_pth: bool = True,
+    ):
+        """RWKV language model trained with infinite context (chunked BPTT).
+
+        Args:
+            version: RWKV generation: x052 (v5), x060 (v6) or x070 (v7).
+            n_layer: Number of blocks.
+            n_embd: Width of the residual stream.
+            vocab_size: Tokenizer vocabulary size (65536 for the world tokenizer).
+            head_size: WKV head size; n_embd must be a multiple of it.
+            dim_ffn: Channel-mix hidden width; null means the version's default (4 x n_embd for x070).
+            ctx_len: Chunk length of the state carry: samples of any length are cut into chunks of
+                ctx_len tokens and the recurrent state flows from chunk to chunk. A multiple of 16.
+            bptt_truncate: Detach the state between chunks (no gradient through it). Default: exact BPTT.
+            recompute_chunks: Recompute each chunk in the backward pass so that memory stays flat
+                in the sample length (only chunk-boundary states are kept).
+            load_model: A BlinkDL-format .pth to start from (finetuning); null starts from the official init.
+            wkv_backend: WKV implementation: chunked (pure PyTorch, default) or reference (per-token loop).
+            lr_init: Peak learning rate (after warmup).
+            lr_final: Learning rate at the last step (cosine decay from lr_init).
+            warmup_steps: Optimizer steps of linear warmup from 1% of lr_init.
+            beta1: Adam beta1.
+            beta2: Adam beta2.
+            adam_eps: Adam epsilon (BlinkDL uses 1e-18).
+            weight_decay: Decoupled weight decay, applied to 2-D weight matrices only.
+            l2wrap: Factor of BlinkDL's L2Wrap regulariser on the largest logit (0 disables it).
+            export_pth: At the end of fit, write the model as a BlinkDL-format rwkv-final.pth in the log folder.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if ctx_len <= 0 or ctx_len % CTX_LEN_MULTIPLE:
+            raise ConfigError(
+                f"model.ctx_len={ctx_len} must be a positive multiple of {CTX_LEN_MULTIPLE} "
+                f"(the WKV kernels' chunk length), e.g. {max(CTX_LEN_MULTIPLE, ctx_len // CTX_LEN_MULTIPLE * CTX_LEN_MULTIPLE)}"
+            )
+        get_backend(wkv_backend)
+        cfg = ModelConfig(version=version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size,
+                          head_size=head_size, dim_ffn=dim_ffn)
+        if load_model:
+            sd = load_pth(load_model)
+            file_cfg = config_from_state_dict(sd)
+            check_compatible(cfg, file_cfg, load_model)
+            self.model = RWKV(file_cfg, wkv_backend)
+            load_state_into(self.model, sd, load_model)
+        else:
+            self.model = RWKV(cfg, wkv_backend)
+            self.model.init_weights()
+        self._step_started = None
+
+    # -- data checks ---------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        max_id = getattr(dm, "max_token_id", None)
+        if max_id is not None and max_id >= self.model.cfg.vocab_size:
+            raise DataError(
+                f"the data has token id {max_id} but model.vocab_size={self.model.cfg.vocab_size}; "
+                "use a tokenizer that matches the model or raise vocab_size"
+            )
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _loss(self, batch):
+        hp = self.hparams
+        return chunked_sample_loss(
+            self.model, batch["input_ids"], batch["targets"], batch["mask"], hp.ctx_len,
+            bptt_truncate=hp.bptt_truncate, recompute=hp.recompute_chunks,
+            l2wrap=hp.l2wrap if self.training else 0.0,
+        )
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._step_started = time.perf_counter()
+
+    def training_step(self, batch, batch_idx):
+        out = self._loss(batch)
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/chunks", float(out.n_chunks))
+        self._tokens_in_step = int(out.n_tokens)
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        seconds = time.perf_counter() - self._step_started
+        tokens = self._tokens_in_step * self.trainer.world_size
+        self._tokens_seen = getattr(self, "_tokens_seen", 0) + tokens
+        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
+        self.log("train/tokens_seen", float(self._tokens_seen))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+
+    def on_validation_epoch_start(self):
+        self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        self._val_tokens = torch.zeros((), device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch, batch_idx):
+        out = self._loss(batch)
+        self._val_sum += out.loss_sum.double()
+        self._val_tokens += out.n_tokens.double()
+
+    def on_validation_epoch_end(self):
+        total = self.all_gather(torch.stack([self._val_sum, self._val_tokens]))
+        total = total.reshape(-1, 2).sum(0)
+        self.log("val/loss", (total[0] / total[1].clamp(min=1)).float(), prog_bar=True, rank_zero_only=True)
+
+    def test_step(self, batch, batch_idx):
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_start(self):
+        self.on_validation_epoch_start()
+
+    def on_test_epoch_end(self):
+        total = self.all_gather(torch.stack([self._val_sum, self._val_tokens])).reshape(-1, 2).sum(0)
+        self.log("test/loss", (total[0] / total[1].clamp(min=1)).float(), rank_zero_only=True)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups(self.model, hp.weight_decay)
+        for g in groups:
+            g["lr"] = hp.lr_init * g["lr_scale"]
+        optimizer = torch.optim.AdamW(groups, lr=hp.lr_init, betas=(hp.beta1, hp.beta2), eps=hp.adam_eps)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+
+        def factor(step: int) -> float:
+            return lr_at(step, total, hp.lr_init, hp.lr_final, hp.warmup_steps) / hp.lr_init
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- export --------------------------------------------------------------------------------
+    def on_train_end(self):
+        if not self.hparams.export_pth or not self.trainer.is_global_zero:
+            return
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        path, n = folder / "rwkv-final.pth", 1
+        while path.exists():  # never replace the export of an earlier run
+            n += 1
+            path = folder / f"rwkv-final-{n}.pth"
+        save_pth(self.model, path)
+        rank_zero_info(f"wrote {path}")

@@ -1,0 +1,29 @@
+"""Shared test helpers: tiny configs, randomised models, error measures."""
+
+import torch
+
+from rwkv_infctx.config import ModelConfig
+from rwkv_infctx.model import RWKV
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    values = dict(n_layer=2, n_embd=64, vocab_size=97, head_size=16)
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def random_model(cfg: ModelConfig | None = None, seed: int = 0, scale: float = 0.2, backend: str = "chunked") -> RWKV:
+    """Official init plus noise: the init zeroes output matrices, which would hide most of the math."""
+    torch.manual_seed(seed)
+    model = RWKV(cfg or tiny_config(), backend)
+    model.init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Relative RMS error of the whole tensor (flash-linear-attention's measure)."""
+    a, b = a.double(), b.double()
+    return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp(min=1e-30)).item()

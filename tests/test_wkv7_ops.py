@@ -1,0 +1,124 @@
+"""WKV-7: the reference against an independent formulation, and the chunked path against it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rwkv_infctx.ops import BACKENDS, wkv7
+from rwkv_infctx.ops.chunked import wkv7_chunked
+from rwkv_infctx.ops.reference import wkv7_reference
+
+from .helpers import rel_err
+
+
+def make_inputs(B=2, T=20, H=3, N=8, seed=0, dtype=torch.float32, state=True):
+    """Realistic magnitudes: log-decay in the model's range, a = -kk, b = kk * iclr."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.randn(*s, generator=g)
+    r, k, v = rnd(B, T, H, N), rnd(B, T, H, N) * 0.5, rnd(B, T, H, N)
+    w = -0.6065 * torch.sigmoid(rnd(B, T, H, N) * 2)
+    kk = F.normalize(rnd(B, T, H, N), dim=-1)
+    iclr = torch.sigmoid(rnd(B, T, H, N))
+    s0 = rnd(B, H, N, N) * 0.3 if state else None
+    xs = [x.to(dtype) for x in (r, w, k, v, -kk, kk * iclr)]
+    return xs, s0
+
+
+def blinkdl_layout_loop(r, w, k, v, a, b, s0):
+    """Independent formulation in BlinkDL's [value, key] state layout, as the rwkv package's RNN mode:
+    S <- S * w^T + (S a) b^T + v k^T ;  y = S r."""
+    B, T, H, N = r.shape
+    S = s0.transpose(-1, -2).clone()  # [value, key]
+    ys = []
+    for t in range(T):
+        S = S * w[:, t].exp()[:, :, None, :] + (S @ a[:, t, :, :, None]) @ b[:, t, :, None, :] \
+            + v[:, t, :, :, None] @ k[:, t, :, None, :]
+        ys.append((S @ r[:, t, :, :, None]).squeeze(-1))
+    return torch.stack(ys, 1), S.transpose(-1, -2)
+
+
+def test_reference_matches_blinkdl_layout_formulation():
+    xs, s0 = make_inputs()
+    out, state = wkv7_reference(*xs, initial_state=s0)
+    out2, state2 = blinkdl_layout_loop(*xs, s0)
+    torch.testing.assert_close(out, out2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state, state2, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_hand_computed_single_token():
+    # One head of size 2, zero initial state: S_1 = k v^T, o = S_1^T r = v (k.r).
+    r = torch.tensor([1.0, 2.0]).view(1, 1, 1, 2)
+    k = torch.tensor([0.5, -1.0]).view(1, 1, 1, 2)
+    v = torch.tensor([3.0, 4.0]).view(1, 1, 1, 2)
+    zeros = torch.zeros(1, 1, 1, 2)
+    out, state = wkv7_reference(r, zeros, k, v, zeros, zeros)
+    assert torch.allclose(out.view(2), torch.tensor([-4.5, -6.0]))
+    assert torch.allclose(state.view(2, 2), torch.tensor([[1.5, 2.0], [-3.0, -4.0]]))
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("T", [16, 15, 63], ids=lambda t: f"T{t}")
+def test_state_round_trip(backend, T):
+    """T tokens at once == T/2 then the rest with the state carried (fp32, atol 1e-5)."""
+    xs, s0 = make_inputs(T=T)
+    out, state = wkv7(*xs, initial_state=s0, backend=backend)
+    half = T // 2
+    o1, s1 = wkv7(*(x[:, :half] for x in xs), initial_state=s0, backend=backend)
+    o2, s2 = wkv7(*(x[:, half:] for x in xs), initial_state=s1, backend=backend)
+    torch.testing.assert_close(torch.cat([o1, o2], 1), out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2, state, rtol=1e-5, atol=1e-5)
+
+
+def _forward_backward(fn, xs, s0, seed=1):
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    s0 = s0.detach().clone().requires_grad_()
+    out, state = fn(*xs, initial_state=s0)
+    g = torch.Generator().manual_seed(seed)
+    d_out = torch.randn(out.shape, generator=g).to(out.dtype)
+    d_state = torch.randn(state.shape, generator=g)
+    ((out.float() * d_out.float()).sum() + (state * d_state).sum()).backward()
+    return out, state, [x.grad for x in xs] + [s0.grad]
+
+
+@pytest.mark.parametrize("T", [1, 15, 16, 63, 100], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("block_len", [16, 32])
+def test_chunked_matches_reference_fp32(T, block_len):
+    """Output, final state and the gradients of every input and of the initial state: rel. RMS < 1e-5."""
+    xs, s0 = make_inputs(B=2, T=T, H=2, N=16)
+    ref = _forward_backward(wkv7_reference, xs, s0)
+    fast = _forward_backward(lambda *a, **kw: wkv7_chunked(*a, block_len=block_len, **kw), xs, s0)
+    assert rel_err(fast[0], ref[0]) < 1e-5
+    assert rel_err(fast[1], ref[1]) < 1e-5
+    names = ["r", "w", "k", "v", "a", "b", "initial_state"]
+    for name, g_fast, g_ref in zip(names, fast[2], ref[2]):
+        assert torch.isfinite(g_fast).all(), name
+        assert rel_err(g_fast, g_ref) < 1e-5, name
+
+
+def test_chunked_bf16_inputs_close_to_fp32_reference():
+    """bf16 inputs (fp32 state and accumulation): rel. RMS error against fp32 < 5e-3."""
+    xs, s0 = make_inputs(B=1, T=64, H=4, N=16)
+    ref = _forward_backward(wkv7_reference, xs, s0)
+    fast = _forward_backward(wkv7_chunked, [x.bfloat16() for x in xs], s0)
+    assert fast[0].dtype == torch.bfloat16 and fast[1].dtype == torch.float32
+    assert rel_err(fast[0], ref[0]) < 5e-3
+    assert rel_err(fast[1], ref[1]) < 5e-3
+    for g_fast, g_ref in zip(fast[2], ref[2]):
+        assert rel_err(g_fast.float(), g_ref) < 2e-2
+
+
+def test_chunked_strong_decay_is_finite():
+    """Decays far below the model's clamp (v5/v6 allow them) must not overflow the pair ratios."""
+    xs, s0 = make_inputs(T=64)
+    xs[1] = xs[1] * 40  # log-decay down to about -24 per token
+    out, state = wkv7_chunked(*xs, initial_state=s0)
+    ref, ref_state = wkv7_reference(*xs, initial_state=s0)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) < 1e-5 and rel_err(state, ref_state) < 1e-5
+
+
+def test_unknown_backend_is_a_config_error():
+    from rwkv_infctx.errors import ConfigError
+    xs, s0 = make_inputs(T=4)
+    with pytest.raises(ConfigError, match="wkv_backend"):
+        wkv7(*xs, backend="triton-typo")
