@@ -6,13 +6,22 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .data.datamodule import RWKVDataModule
 from .errors import RWKVTrainerError
 from .training.module import RWKVModule
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Record the config of training runs only: validate/test must not collide with a fit's config.yaml."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
 
 class RWKVTrainerCLI(LightningCLI):
@@ -26,8 +35,10 @@ def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:
         RWKVDataModule,
         subclass_mode_model=False,
         subclass_mode_data=False,
-        auto_configure_optimizers=False,  # the model builds BlinkDL's optimizer groups itself
+        auto_configure_optimizers=False,
+        save_config_callback=SaveFitConfig,  # the model builds BlinkDL's optimizer groups itself
         seed_everything_default=42,
+        parser_kwargs={"exit_on_error": False},  # raise, so that main() can print one line
         args=args,
     )
 
@@ -35,6 +46,7 @@ def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:
 def main(args: list[str] | None = None) -> None:
     try:
         run_cli(args)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (RWKVTrainerError, argparse.ArgumentError) as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

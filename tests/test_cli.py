@@ -1,0 +1,99 @@
+"""The command line: fit/validate through LightningCLI, shipped configs, one-line errors."""
+
+import glob
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rwkv_infctx.checkpoint import config_from_state_dict
+from rwkv_infctx.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
+        "--data.sample_len", "64", "--data.batch_size", "2", "--trainer.accelerator", "cpu"]
+
+
+def run_script(*args, timeout=600):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_fit_then_validate_in_subprocesses(tmp_path):
+    out = tmp_path / "out"
+    fit = run_script("lightning_trainer.py", "fit", "-c", "config-example.yaml", *TINY,
+                     "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1",
+                     "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+                     "--trainer.callbacks.init_args.every_n_train_steps", "2")
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpts = glob.glob(str(out / "**" / "*.ckpt"), recursive=True)
+    assert ckpts, "no Lightning checkpoint written"
+    pth = glob.glob(str(out / "**" / "rwkv-final.pth"), recursive=True)
+    assert len(pth) == 1
+    cfg = config_from_state_dict(torch.load(pth[0], weights_only=True))
+    assert (cfg.version, cfg.n_layer, cfg.n_embd, cfg.vocab_size) == ("x070", 1, 32, 65536)
+
+    other = tmp_path / "other.txt"
+    other.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    val = run_script("lightning_trainer.py", "validate", "-c", "config-example.yaml", *TINY,
+                     "--ckpt_path", ckpts[0], "--data.source", str(other), "--trainer.logger", "false",
+                     "--trainer.default_root_dir", str(out),
+                     "--trainer.limit_val_batches", "null")
+    assert val.returncode == 0, val.stderr[-3000:]
+    assert "val/loss" in val.stdout
+    row = next(line for line in val.stdout.splitlines() if "val/loss" in line)
+    loss = float(row.replace("│", " ").replace("|", " ").split()[-1])
+    assert 0 < loss < 12
+
+
+def test_wrong_config_key_is_one_line_error_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  n_layr: 3\n")
+    proc = run_script("lightning_trainer.py", "fit", "-c", "config-example.yaml", "-c", str(bad))
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "n_layr" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("config", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("**/*.yaml")
+                                          if "out" not in p.parts and ".github" not in p.parts))
+def test_every_shipped_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(ROOT / config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "ctx_len" in capsys.readouterr().out
+
+
+def one_line_error(args, capsys, tmp_path) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(ROOT / "config-example.yaml"), *TINY, "--trainer.max_steps", "1",
+              "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1
+    return err[0]
+
+
+def test_ctx_len_not_a_multiple_of_16(capsys, tmp_path):
+    assert "model.ctx_len=40 must be a positive multiple of 16" in one_line_error(["--model.ctx_len", "40"], capsys, tmp_path)
+
+
+def test_missing_data_file(capsys, tmp_path):
+    assert "no file matches" in one_line_error(["--data.source", str(tmp_path / "nope.jsonl")], capsys, tmp_path)
+
+
+def test_empty_dataset(capsys, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(json.dumps({"text": ""}) + "\n")
+    assert "gave no samples" in one_line_error(["--data.source", str(empty)], capsys, tmp_path)
+
+
+def test_token_id_beyond_vocab_size(capsys, tmp_path):
+    message = one_line_error(["--model.vocab_size", "1000"], capsys, tmp_path)
+    assert "model.vocab_size=1000" in message and "token id" in message
+
+
+def test_missing_load_model_file(capsys, tmp_path):
+    assert "no such file" in one_line_error(["--model.load_model", str(tmp_path / "x.pth")], capsys, tmp_path)
