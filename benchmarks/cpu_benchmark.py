@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
+
 
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
@@ -104,7 +106,7 @@ def main() -> None:
 
     import torch
 
-    results = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+    results = {"machine": f"{cpu_name()}, {torch.get_num_threads()} threads",
                "torch": torch.__version__, "python": platform.python_version()}
     results["throughput"] = measure_throughput(args.steps)
     print(f"throughput: {results['throughput']['tokens_per_s']} tokens/s "

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .errors import CheckpointError
+from .model import VERSIONS
 
 # Keys some released files carry that our models do not use (layer 0 has no value residual).
 IGNORED_KEYS = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
@@ -41,16 +42,27 @@ def load_pth(path: str | os.PathLike) -> dict[str, Tensor]:
         raise CheckpointError(f"{path}: not a readable .pth state dict ({type(exc).__name__}: {exc})") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]  # a Lightning .ckpt
-    if not isinstance(sd, dict) or "emb.weight" not in _strip_prefixes(sd):
+    if not isinstance(sd, dict) or "emb.weight" not in strip_wrapper_prefixes(sd):
         raise CheckpointError(f"{path}: not an RWKV state dict (no 'emb.weight')")
-    return _strip_prefixes(sd)
+    return strip_wrapper_prefixes(sd)
 
 
-def _strip_prefixes(sd: dict) -> dict:
-    for prefix in WRAPPER_PREFIXES:
-        if any(k.startswith(prefix + "emb.") for k in sd):
+def strip_wrapper_prefixes(sd: dict) -> dict:
+    """Remove the module prefixes Lightning and DeepSpeed add (e.g. '_forward_module.model.')."""
+    for key in sd:
+        prefix = key[: -len("emb.weight")] if key.endswith("emb.weight") else None
+        if prefix and _is_wrapper_prefix(prefix):
             return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
     return sd
+
+
+def _is_wrapper_prefix(prefix: str) -> bool:
+    while prefix:
+        match = next((p for p in WRAPPER_PREFIXES if prefix.startswith(p)), None)
+        if match is None:
+            return False
+        prefix = prefix[len(match):]
+    return True
 
 
 def config_from_state_dict(sd: dict[str, Tensor]) -> ModelConfig:
@@ -58,19 +70,13 @@ def config_from_state_dict(sd: dict[str, Tensor]) -> ModelConfig:
     version = detect_version(sd)
     vocab_size, n_embd = sd["emb.weight"].shape
     n_layer = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    n_head, head_size = sd["blocks.0.att.r_k"].shape
-    return ModelConfig(
-        version=version,
-        n_layer=n_layer,
-        n_embd=n_embd,
-        vocab_size=vocab_size,
-        head_size=head_size,
-        dim_ffn=sd["blocks.0.ffn.key.weight"].shape[0],
-        decay_lora=sd["blocks.0.att.w1"].shape[1],
-        iclr_lora=sd["blocks.0.att.a1"].shape[1],
-        value_lora=sd["blocks.1.att.v1"].shape[1] if n_layer > 1 else None,
-        gate_lora=sd["blocks.0.att.g1"].shape[1],
-    )
+    dims = {}
+    for name, (key, axis) in VERSIONS[version].shape_dims.items():
+        if key in sd:
+            dims[name] = sd[key].shape[axis]
+        elif int(key.split(".")[1]) < n_layer:  # a later layer's key is absent only from shallower models
+            raise CheckpointError(f"not a complete {version} state dict: no {key!r}")
+    return ModelConfig(version=version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size, **dims)
 
 
 def check_compatible(cfg: ModelConfig, file_cfg: ModelConfig, path: str) -> None:

@@ -8,7 +8,7 @@ from typing import Literal
 from .errors import ConfigError
 
 Version = Literal["x052", "x060", "x070"]
-SUPPORTED_VERSIONS: tuple[str, ...] = ("x070",)
+SUPPORTED_VERSIONS: tuple[str, ...] = ("x052", "x060", "x070")
 
 
 def _lora_dim(n_embd: int, factor: float, power: float = 0.5) -> int:
@@ -16,10 +16,35 @@ def _lora_dim(n_embd: int, factor: float, power: float = 0.5) -> int:
     return max(32, int(round(factor * (n_embd**power) / 32) * 32))
 
 
+def _x070_defaults(n_embd: int) -> dict:
+    C = n_embd
+    return dict(dim_ffn=4 * C, decay_lora=_lora_dim(C, 2.5), iclr_lora=_lora_dim(C, 2.5),
+                value_lora=_lora_dim(C, 1.7), gate_lora=_lora_dim(C, 5.0))
+
+
+def _x060_defaults(n_embd: int) -> dict:
+    # BlinkDL's RWKV-v5/src/model.py fixes these ranks; released large models use larger ones,
+    # which are read from the tensor shapes when a .pth is loaded.
+    return dict(dim_ffn=int(n_embd * 3.5) // 32 * 32, mix_lora=32, decay_lora=64)
+
+
+def _x052_defaults(n_embd: int) -> dict:
+    return dict(dim_ffn=int(n_embd * 3.5) // 32 * 32)
+
+
+# What a field left at None becomes, per version; fields a version does not use stay None.
+VERSION_DEFAULTS = {"x052": _x052_defaults, "x060": _x060_defaults, "x070": _x070_defaults}
+
+
 @dataclass
 class ModelConfig:
-    """Architecture of one RWKV model. LoRA ranks left at None follow BlinkDL's current formulas;
-    when a .pth is loaded they are read from its tensor shapes instead."""
+    """Architecture of one RWKV model. ``dim_ffn`` and LoRA ranks left at None follow BlinkDL's
+    defaults for the version; when a .pth is loaded they are read from its tensor shapes instead.
+
+    LoRA ranks by version: x070 uses decay_lora (w1/w2), iclr_lora (a1/a2), value_lora (v1/v2) and
+    gate_lora (g1/g2); x060 uses mix_lora (time_maa_w1/w2, one rank per each of the 5 mixes) and
+    decay_lora (time_decay_w1/w2); x052 has none.
+    """
 
     version: Version = "x070"
     n_layer: int = 4
@@ -31,6 +56,7 @@ class ModelConfig:
     iclr_lora: int | None = None
     value_lora: int | None = None
     gate_lora: int | None = None
+    mix_lora: int | None = None
 
     def __post_init__(self) -> None:
         if self.version not in SUPPORTED_VERSIONS:
@@ -44,13 +70,9 @@ class ModelConfig:
             raise ConfigError(
                 f"model.n_embd={self.n_embd} must be a multiple of model.head_size={self.head_size}"
             )
-        if self.dim_ffn is None:
-            self.dim_ffn = 4 * self.n_embd
-        C = self.n_embd
-        self.decay_lora = self.decay_lora or _lora_dim(C, 2.5)
-        self.iclr_lora = self.iclr_lora or _lora_dim(C, 2.5)
-        self.value_lora = self.value_lora or _lora_dim(C, 1.7)
-        self.gate_lora = self.gate_lora or _lora_dim(C, 5.0)
+        for name, default in VERSION_DEFAULTS[self.version](self.n_embd).items():
+            if not getattr(self, name):
+                setattr(self, name, default)
 
     @property
     def n_head(self) -> int:

@@ -27,3 +27,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Relative RMS error of the whole tensor (flash-linear-attention's measure)."""
     a, b = a.double(), b.double()
     return ((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp(min=1e-30)).item()
+
+
+def forward_backward(fn, xs, s0, seed=1):
+    """Run a WKV op and backpropagate fixed random cotangents into the output and the final state.
+
+    Returns (output, final state, [grad of each input..., grad of the initial state]).
+    """
+    xs = [x.detach().clone().requires_grad_() for x in xs]
+    s0 = s0.detach().clone().requires_grad_()
+    out, state = fn(*xs, initial_state=s0)
+    g = torch.Generator().manual_seed(seed)
+    d_out = torch.randn(out.shape, generator=g).to(out.dtype)
+    d_state = torch.randn(state.shape, generator=g)
+    ((out.float() * d_out.float()).sum() + (state * d_state).sum()).backward()
+    return out, state, [x.grad for x in xs] + [s0.grad]

@@ -6,7 +6,7 @@ import torch
 from rwkv_infctx.training.bptt import chunked_sample_loss
 from rwkv_infctx.training.loss import masked_token_loss_sum
 
-from .helpers import random_model, rel_err
+from .helpers import random_model, rel_err, tiny_config
 
 
 def batch(B=2, T=64, vocab=97, seed=0, pad_last=0):
@@ -26,11 +26,12 @@ def loss_and_grads(model, ctx_len, truncate=False, recompute=True, l2wrap=1e-4):
     return out, {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("version", ["x052", "x060", "x070"])
 @pytest.mark.parametrize("ctx_len", [16, 32], ids=["4chunks", "2chunks"])
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "keep"])
-def test_chunked_full_bptt_equals_whole_sample(ctx_len, recompute):
+def test_chunked_full_bptt_equals_whole_sample(ctx_len, recompute, version):
     """Loss and every parameter gradient (fp32): relative RMS error < 1e-5 against one chunk."""
-    model = random_model()
+    model = random_model(tiny_config(version=version))
     whole, whole_grads = loss_and_grads(model, ctx_len=64)
     chunked, grads = loss_and_grads(model, ctx_len=ctx_len, recompute=recompute)
     assert whole.n_chunks == 1 and chunked.n_chunks == 64 // ctx_len

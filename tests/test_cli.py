@@ -90,9 +90,16 @@ def test_empty_dataset(capsys, tmp_path):
     assert "gave no samples" in one_line_error(["--data.source", str(empty)], capsys, tmp_path)
 
 
-def test_token_id_beyond_vocab_size(capsys, tmp_path):
+def test_tokenizer_larger_than_vocab_size(capsys, tmp_path):
     message = one_line_error(["--model.vocab_size", "1000"], capsys, tmp_path)
-    assert "model.vocab_size=1000" in message and "token id" in message
+    assert "has 65536 tokens but model.vocab_size=1000" in message
+
+
+def test_token_id_beyond_vocab_size(capsys, tmp_path):
+    from rwkv_infctx.data.binidx import write_binidx
+    write_binidx(tmp_path / "ids", [list(range(1, 300)), [5, 6, 7, 0]])
+    message = one_line_error(["--model.vocab_size", "256", "--data.source", str(tmp_path / "ids")], capsys, tmp_path)
+    assert "token id 299" in message and "model.vocab_size=256" in message
 
 
 def test_missing_load_model_file(capsys, tmp_path):

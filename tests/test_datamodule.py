@@ -1,89 +1,265 @@
-"""The minimal data module: files -> documents -> tokens -> samples -> padded batches."""
+"""Data pipeline: sources, formats, packing, cache, the DataModule and preload_datapath.py."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from rwkv_infctx.data import datamodule as dm
-from rwkv_infctx.errors import DataError
+from rwkv_infctx.data import pipeline
+from rwkv_infctx.data.datamodule import RWKVDataModule, collate_samples, split_train_test
+from rwkv_infctx.data.formats import ColumnSpec, FormatConfig, format_record
+from rwkv_infctx.data.packing import cut_stream, filter_lengths, pack
+from rwkv_infctx.data.sources import resolve_files
+from rwkv_infctx.errors import ConfigError, DataError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_resolve_files_file_folder_glob(tmp_path):
-    (tmp_path / "a.txt").write_text("alpha")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.jsonl").write_text(json.dumps({"text": "beta"}) + "\n")
-    (tmp_path / "sub" / "c.bin").write_bytes(b"\0")
-    assert dm.resolve_files(str(tmp_path / "a.txt")) == [tmp_path / "a.txt"]
-    assert dm.resolve_files(str(tmp_path)) == [tmp_path / "a.txt", tmp_path / "sub" / "b.jsonl"]
-    assert dm.resolve_files(str(tmp_path / "**" / "*.jsonl")) == [tmp_path / "sub" / "b.jsonl"]
-    with pytest.raises(DataError, match="no file matches"):
-        dm.resolve_files(str(tmp_path / "*.parquet"))
+class CharTokenizer:
+    """Hand-checkable ids: one id per character (its code point), EOS = 0."""
+    eos_id = 0
+    vocab_size = 256
+
+    def encode(self, text):
+        return [ord(c) for c in text]
 
 
-def test_read_documents_and_missing_column(tmp_path):
-    path = tmp_path / "d.jsonl"
-    path.write_text("\n".join(json.dumps({"body": t}) for t in ["one", "two"]) + "\n")
-    assert dm.read_documents(path, "body") == ["one", "two"]
-    with pytest.raises(DataError, match="record 0 has no column 'text'"):
-        dm.read_documents(path, "text")
-    array = tmp_path / "d.json"
-    array.write_text(json.dumps([{"text": "x"}, {"text": "y"}]))
-    assert dm.read_documents(array, "text") == ["x", "y"]
+def ids_of(text):
+    return [ord(c) for c in text]
 
 
-def test_samples_keep_every_token_and_end_documents_with_eos():
-    docs = [np.arange(1, 8), np.arange(10, 13)]  # already tokenised; world eos is 0
-    class Tok:
-        eos_id = 0
-        def encode(self, text):
-            return [int(t) for t in text.split()]
-    tokens = dm.tokenize_documents(["1 2 3", "", "4"], Tok())
-    assert [t.tolist() for t in tokens] == [[1, 2, 3, 0], [4, 0]]
-    windows = dm.cut_samples(docs, sample_len=4, max_token_size=None)
-    stream = np.concatenate(docs)
-    # consecutive windows overlap by one token: every target of the stream is predicted once
-    targets = np.concatenate([w[1:] for w in windows])
-    assert targets.tolist() == stream[1:].tolist()
-    assert all(len(w) == 5 for w in windows[:-1])
-    whole = dm.cut_samples(docs, sample_len=None, max_token_size=4)
-    assert [w.tolist() for w in whole] == [[10, 11, 12]]  # the 7-token document is over the limit
+def test_text_format_ids_and_mask():
+    ids, train = format_record({"text": "hi"}, FormatConfig(), CharTokenizer())
+    assert ids == [104, 105, 0] and train == [1, 1, 1]
 
 
-def test_collate_pads_to_multiple_of_16_with_mask():
-    batch = dm.collate_samples([np.arange(20), np.arange(5)])
+def test_prompt_completion_masks_the_prompt():
+    cfg = FormatConfig(format="prompt_completion")
+    ids, train = format_record({"prompt": "Q:", "completion": "ok"}, cfg, CharTokenizer())
+    assert ids == ids_of("Q:ok") + [0] and train == [0, 0, 1, 1, 1]
+    ids, train = format_record({"prompt": "Q:", "completion": "ok"}, FormatConfig(format="prompt_completion", mask_prompt=False), CharTokenizer())
+    assert train == [1] * 5
+
+
+def test_multi_column_template():
+    cfg = FormatConfig(format="columns", columns=[ColumnSpec("instruction", "I:", "|", False), ColumnSpec("output", "O:", "", True)])
+    ids, train = format_record({"instruction": "a", "output": "b"}, cfg, CharTokenizer())
+    assert ids == ids_of("I:a|O:b") + [0]
+    assert train == [0, 0, 0, 0, 1, 1, 1, 1]
+    with pytest.raises(ConfigError, match="data.columns"):
+        FormatConfig(format="columns")
+
+
+@pytest.mark.parametrize("turns", [
+    [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+    [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+], ids=["role-content", "sharegpt"])
+def test_conversation_rwkv_template_trains_on_assistant_only(turns):
+    ids, train = format_record({"conversations": turns}, FormatConfig(format="conversation"), CharTokenizer())
+    text = "User: hi\n\nAssistant: yo\n\n"
+    assert ids == ids_of(text) + [0]
+    trained = "".join(chr(i) for i, t in zip(ids, train) if t and i)
+    assert trained == " yo\n\n"
+
+
+def test_conversation_errors_name_the_problem():
+    with pytest.raises(DataError, match="no column 'conversations'"):
+        format_record({"messages": []}, FormatConfig(format="conversation"), CharTokenizer())
+    with pytest.raises(DataError, match="role/content nor from/value"):
+        format_record({"conversations": [{"speaker": "x"}]}, FormatConfig(format="conversation"), CharTokenizer())
+
+
+def doc(n, start=1):
+    return np.arange(start, start + n), np.ones(n, dtype=np.int8)
+
+
+def test_packing_keeps_every_token_once_and_masks_document_starts():
+    docs = [doc(5, 10), doc(3, 20), doc(7, 30), doc(12, 40)]
+    packs = pack(docs, packing_len=10)
+    assert sorted(np.concatenate([p[0] for p in packs]).tolist()) == sorted(np.concatenate([d[0] for d in docs]).tolist())
+    assert [len(p[0]) for p in packs] == [8, 7, 12]  # 5+3 | 7 | 12 (a long document stays whole)
+    first = packs[0]
+    assert first[1].tolist() == [1, 1, 1, 1, 1, 0, 1, 1]  # token 20 starts a new document: not a target
+    sorted_packs = pack(docs, packing_len=12, sort_by_length=True)
+    assert [len(p[0]) for p in sorted_packs] == [12, 12, 3]  # longest first, next-fit: 12 | 7+5 | 3
+
+
+def test_length_filters_and_split_long():
+    docs = [doc(2), doc(6), doc(20)]
+    assert [len(d[0]) for d in filter_lengths(docs, 3, 10, False)] == [6]
+    assert [len(d[0]) for d in filter_lengths(docs, None, 8, True)] == [2, 6, 8, 8, 4]
+
+
+def test_cut_stream_predicts_every_token_once():
+    docs = [doc(7), doc(3, 50)]
+    windows = cut_stream(docs, 4)
+    stream = np.concatenate([d[0] for d in docs])
+    assert np.concatenate([w[0][1:] for w in windows]).tolist() == stream[1:].tolist()
+
+
+def test_collate_shifts_labels_and_masks_padding():
+    batch = collate_samples([(np.arange(20), np.ones(20, dtype=np.int8)),
+                             (np.arange(5), np.array([0, 0, 1, 1, 1], dtype=np.int8))])
     assert batch["input_ids"].shape == (2, 32)
-    assert batch["mask"][0].sum() == 19 and batch["mask"][1].sum() == 4
-    assert torch.equal(batch["input_ids"][1, :4], torch.arange(4))
     assert torch.equal(batch["targets"][1, :4], torch.arange(1, 5))
-    assert batch["mask"][1, 4:].sum() == 0
+    assert batch["mask"][1, :4].tolist() == [0, 1, 1, 1]  # target 1 is prompt: masked
+    assert batch["mask"][1, 4:].sum() == 0 and batch["mask"][0].sum() == 19
 
 
-def test_token_cache_is_reused_and_keyed_by_tokenizer(tmp_path, monkeypatch):
-    src = tmp_path / "t.txt"
-    src.write_text("Hello world. " * 50)
-    first = dm.load_or_tokenize([src], "world", "text", str(tmp_path / "cache"))
-    assert len(list((tmp_path / "cache").glob("tokens-*.npz"))) == 1
+def test_split_fraction_and_count():
+    train, test = split_train_test(100, 0.1, 0)
+    assert len(test) == 10 and len(set(train) | set(test)) == 100
+    assert len(split_train_test(100, 3, 0)[1]) == 3
+    assert len(split_train_test(2, 0.5, 0)[0]) == 1
 
-    def no_tokenizer(name):
-        raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(dm, "load_tokenizer", no_tokenizer)
-    again = dm.load_or_tokenize([src], "world", "text", str(tmp_path / "cache"))
-    assert [a.tolist() for a in again] == [f.tolist() for f in first]
-    assert dm.cache_key([src], "world", "text") != dm.cache_key([src], "other.json", "text")
-    key_before = dm.cache_key([src], "world", "text")
-    src.write_text("changed text, another size")
-    assert dm.cache_key([src], "world", "text") != key_before
+def write_jsonl(path, records):
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet", "csv", "txt"])
+def test_local_file_types(tmp_path, suffix):
+    texts = ["first document here", "second one"]
+    if suffix == "jsonl":
+        write_jsonl(tmp_path / "d.jsonl", [{"text": t} for t in texts])
+    elif suffix == "parquet":
+        import datasets
+        datasets.Dataset.from_dict({"text": texts}).to_parquet(str(tmp_path / "d.parquet"))
+    elif suffix == "csv":
+        (tmp_path / "d.csv").write_text("text\n" + "\n".join(texts) + "\n")
+    else:
+        for i, t in enumerate(texts):
+            (tmp_path / f"d{i}.txt").write_text(t)
+    spec = pipeline.DataSpec(source=str(tmp_path))
+    samples = pipeline.build_samples(spec)
+    from rwkv_infctx.data.tokenizer import load_tokenizer
+    world = load_tokenizer("world")
+    assert sorted(world.decode(s[0].tolist()) for s in samples) == sorted(texts)
+
+
+def test_cache_reuse_rebuild_and_never_overwrite(tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": "Hello world. " * 20}, {"text": "Another document."}])
+    cache = tmp_path / "cache"
+    spec = pipeline.DataSpec(source=str(src))
+    samples, meta, built = pipeline.load_or_build(spec, str(cache))
+    assert built and meta["samples"] == 2
+
+    def no_build(*a, **k):
+        raise AssertionError("the cache should have been reused")
+
+    monkeypatch.setattr(pipeline, "build_samples", no_build)
+    again, _, built = pipeline.load_or_build(spec, str(cache))
+    assert not built and [a[0].tolist() for a in again] == [s[0].tolist() for s in samples]
+    monkeypatch.undo()
+    # another tokenizer or another formatting switch: a new cache beside the first
+    other = pipeline.DataSpec(source=str(src), min_token_size=5)
+    pipeline.load_or_build(other, str(cache))
+    assert len(list(cache.glob("samples-*"))) == 2
+    # pointing data_path at a cache built with another tokenizer is an error
+    with pytest.raises(DataError, match="built with tokenizer 'world'"):
+        pipeline.cache_folder(str(next(cache.glob("samples-*"))), pipeline.DataSpec(source=str(src), tokenizer="neox"))
+
+
+def test_empty_after_filtering_is_a_one_line_error(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": "short"}])
+    with pytest.raises(DataError, match="gave no samples"):
+        pipeline.load_or_build(pipeline.DataSpec(source=str(src), min_token_size=100), None)
+
+
+def test_resolve_files_rejects_unknown_types(tmp_path):
+    (tmp_path / "x.bin2").write_text("?")
+    with pytest.raises(DataError, match="cannot read"):
+        resolve_files(str(tmp_path / "x.bin2"))
+    with pytest.raises(DataError, match="no file matches"):
+        resolve_files(str(tmp_path / "*.parquet"))
 
 
 def test_validate_stage_uses_the_whole_source(tmp_path):
-    src = tmp_path / "v.jsonl"
-    src.write_text("\n".join(json.dumps({"text": f"document number {i} " * 5}) for i in range(10)) + "\n")
-    data = dm.RWKVDataModule(source=str(src), batch_size=2, val_fraction=0.2)
+    src = write_jsonl(tmp_path / "v.jsonl", [{"text": f"document number {i} " * 5} for i in range(10)])
+    data = RWKVDataModule(source=str(src), batch_size=2, test_split=0.2)
     data.setup("fit")
     assert len(data.train_set) == 8 and len(data.val_set) == 2
     data.setup("validate")
     assert data.train_set is None and len(data.val_set) == 10
-    assert data.max_token_id < 65536
+    assert data.max_token_id < 65536 and data.tokenizer_vocab_size == 65536
+
+
+def test_preload_script_builds_then_reuses(tmp_path):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text to tokenise. " * 10}] * 3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model:\n  vocab_size: 65536\ndata:\n  source: {src}\n  data_path: {tmp_path / 'cache'}\n  sample_len: 16\n")
+    run = lambda *a: subprocess.run([sys.executable, "preload_datapath.py", str(cfg), *a], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=300)
+    first, second = run("--num_proc", "2"), run()
+    assert first.returncode == 0 and first.stdout.startswith("built"), first.stderr[-2000:]
+    assert second.returncode == 0 and second.stdout.startswith("found"), second.stderr[-2000:]
+    cfg.write_text(f"data:\n  source: {src}\n  data_path: {tmp_path / 'cache'}\n  smaple_len: 16\n")
+    bad = run()
+    assert bad.returncode == 2 and "smaple_len" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_binidx_source_trains_on_the_exact_tokens(tmp_path):
+    from rwkv_infctx.data.binidx import write_binidx
+    docs = [[5, 6, 7, 0], [9, 10, 0], [11, 12, 13, 14, 15, 0]]
+    write_binidx(tmp_path / "corpus", docs)
+    for source in (tmp_path / "corpus", tmp_path / "corpus.bin"):
+        data = RWKVDataModule(source=str(source), test_split=0, batch_size=3)
+        data.setup("fit")
+        assert sorted(s[0].tolist() for s in data.train_set.samples) == sorted(docs)
+    samples = pipeline.build_samples(pipeline.DataSpec(source=str(tmp_path / "corpus"), sample_len=4))
+    assert np.concatenate([s[0][1:] for s in samples]).tolist() == sum(docs, [])[1:]
+
+
+def test_hub_names_pass_config_split_and_data_files_to_load_dataset(monkeypatch):
+    import datasets
+    seen = {}
+
+    def fake_load_dataset(path, name=None, split=None, data_files=None, **kwargs):
+        seen.update(path=path, name=name, split=split, data_files=data_files)
+        return datasets.Dataset.from_dict({"text": ["from the hub"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    spec = pipeline.DataSpec(source="someone/corpus", source_name="en", split="validation", data_files="x/*.parquet")
+    samples = pipeline.build_samples(spec)
+    assert seen == {"path": "someone/corpus", "name": "en", "split": "validation", "data_files": "x/*.parquet"}
+    assert len(samples) == 1
+
+
+def test_fit_without_preload_builds_the_cache_once(tmp_path, monkeypatch):
+    src = write_jsonl(tmp_path / "d.jsonl", [{"text": f"text number {i}. " * 8} for i in range(6)])
+    calls = []
+    real_build = pipeline.build_samples
+    monkeypatch.setattr(pipeline, "build_samples", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    data = RWKVDataModule(source=str(src), data_path=str(tmp_path / "cache"), batch_size=2)
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("validate")
+    assert len(calls) == 1
+
+
+def test_hf_chat_template_trains_on_assistant_spans(tmp_path):
+    """A saved transformers tokenizer folder with a chat template (data.chat_template: hf)."""
+    pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<eos>", "<|user|>", "<|assistant|>", "hi", "yo", "there", "\n"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+    fast.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} {% endfor %}"
+                          "{% if add_generation_prompt %}<|assistant|> {% endif %}")
+    fast.save_pretrained(tmp_path / "tok")
+
+    from rwkv_infctx.data.tokenizer import load_tokenizer
+    hf = load_tokenizer(str(tmp_path / "tok"))
+    cfg = FormatConfig(format="conversation", chat_template="hf")
+    turns = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "yo"}]
+    ids, train = format_record({"conversations": turns}, cfg, hf)
+    assert ids == [1, 3, 5, 2, 4, 0]  # <|user|> hi there <|assistant|> yo <eos>
+    assert train == [0, 0, 0, 0, 1, 1]  # the reply and the eos; the <|assistant|> header is context

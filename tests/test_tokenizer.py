@@ -1,8 +1,11 @@
-"""The world tokenizer must agree id-for-id with the reference implementation,
-and the embedded corpus must stay a usable default training set."""
+"""The world tokenizer must agree id-for-id with the reference implementation, the packaged
+NeoX tokenizer must give GPT-NeoX's ids, and the embedded corpus must stay a usable default
+training set."""
 
+import hashlib
 import json
 import random
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,9 @@ import pytest
 from rwkv_infctx.data.tokenizer import HFTokenizerFile, WorldTokenizer, load_tokenizer
 from rwkv_infctx.errors import ConfigError, DataError
 
-CORPUS = Path(__file__).resolve().parents[1] / "rwkv_infctx" / "data" / "corpus" / "english_prose.jsonl"
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "rwkv_infctx" / "data" / "corpus" / "english_prose.jsonl"
+NEOX_SHA256 = "56ac4821e129d2c520fdaba60abd920fa852ada51b45c0dd52bbb6bd8c985ade"
 
 TRICKY = [
     "",
@@ -100,12 +105,65 @@ def test_world_special_ids_and_bad_utf8(world):
 
 def test_load_tokenizer_world_and_unknown_names():
     assert isinstance(load_tokenizer("world"), WorldTokenizer)
-    for name in ("neox", "neox-typo", "does/not/exist.json"):
+    for name in ("neox-typo", "NeoX", "does/not/exist.json"):
         with pytest.raises(ConfigError) as info:
             load_tokenizer(name)
         assert name in str(info.value) and "\n" not in str(info.value)
-    with pytest.raises(ConfigError, match="not available yet"):
-        load_tokenizer("neox")
+
+
+@pytest.fixture(scope="module")
+def neox():
+    return load_tokenizer("neox")
+
+
+def test_neox_is_the_packaged_unmodified_gpt_neox_file(neox):
+    assert isinstance(neox, HFTokenizerFile)
+    path = Path(neox.path).resolve()
+    assert path.parent == ROOT / "rwkv_infctx" / "data" / "tokenizers"
+    # NOTICE.md states the file is redistributed unmodified; this keeps that statement true.
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == NEOX_SHA256
+    assert (path.parent / "NOTICE.md").is_file()
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for shipped in (path, path.parent / "NOTICE.md"):  # the licence must travel with the file
+        assert any(shipped.relative_to(ROOT / "rwkv_infctx").match(g) for g in package_data["rwkv_infctx"])
+
+
+def test_neox_vocab_size_and_eos(neox):
+    # RWKV-4 Pile models have 50277 embedding rows: 50254 BPE tokens + 23 added whitespace runs.
+    assert neox.vocab_size == 50277
+    assert neox.eos_id == 0
+    assert neox.decode([0]) == "<|endoftext|>"
+
+
+# Ids computed once with the `tokenizers` library straight from the json; the first two also
+# appear in other projects' tests for EleutherAI's Pythia models (same tokenizer). The third
+# exercises the added whitespace tokens 50274 and 50276.
+NEOX_KNOWN_IDS = {
+    "Hello world": [12092, 1533],
+    "The quick brown fox jumps over the lazy dog.": [510, 3158, 8516, 30013, 27287, 689, 253, 22658, 4370, 15],
+    "  indented\n    code": [50276, 527, 8006, 187, 50274, 3211],
+}
+
+
+@pytest.mark.parametrize("text", list(NEOX_KNOWN_IDS))
+def test_neox_known_ids(neox, text):
+    assert neox.encode(text) == NEOX_KNOWN_IDS[text]
+    assert neox.decode(NEOX_KNOWN_IDS[text]) == text
+
+
+def test_neox_round_trips_prose(neox, corpus_docs):
+    for doc in corpus_docs[:40]:
+        ids = neox.encode(doc)
+        assert 0 < len(ids) < len(doc.encode("utf-8"))
+        assert max(ids) < neox.vocab_size and 0 not in ids  # eos is added by the pipeline, not by encode
+        assert neox.decode(ids) == doc
+
+
+@pytest.mark.parametrize("text", [t for t in TRICKY if unicodedata.is_normalized("NFC", t)])
+def test_neox_round_trips_tricky_strings(neox, text):
+    # Non-NFC strings are left out: the NeoX normalizer composes them, by design.
+    assert neox.decode(neox.encode(text)) == text
 
 
 def _save_byte_level_bpe(path: Path, corpus_docs, specials):
@@ -139,6 +197,20 @@ def test_load_tokenizer_json_without_endoftext_uses_zero(tmp_path, corpus_docs):
     path = tmp_path / "bpe.json"
     _save_byte_level_bpe(path, corpus_docs, ["<pad>", "<s>"])
     assert load_tokenizer(str(path)).eos_id == 0
+
+
+def test_hf_vocab_size_covers_highest_id_when_ids_have_gaps(tmp_path, corpus_docs):
+    # get_vocab_size counts tokens; an embedding sized by that count would be indexed out of range.
+    path = tmp_path / "tokenizer.json"
+    _save_byte_level_bpe(path, corpus_docs, ["<|endoftext|>"])
+    data = json.loads(path.read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    moved = max(vocab, key=vocab.get)
+    vocab[moved] = 1000
+    path.write_text(json.dumps(data), encoding="utf-8")
+    tok = load_tokenizer(str(path))
+    assert tok._tok.get_vocab_size(with_added_tokens=True) <= 400
+    assert tok.vocab_size == 1001
 
 
 def test_load_tokenizer_rejects_broken_json(tmp_path):

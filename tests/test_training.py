@@ -3,6 +3,7 @@
 import csv
 
 import lightning as L
+import pytest
 import torch
 
 from rwkv_infctx.data.datamodule import RWKVDataModule
@@ -10,10 +11,12 @@ from rwkv_infctx.training.module import RWKVModule
 from rwkv_infctx.training.optim import lr_at, param_groups
 
 
-def test_a_few_dozen_steps_on_real_text_lower_the_loss(tmp_path):
+@pytest.mark.parametrize("version", ["x052", "x060", "x070"])
+def test_a_few_dozen_steps_on_real_text_lower_the_loss(tmp_path, version):
     torch.manual_seed(0)
-    module = RWKVModule(n_layer=2, n_embd=64, head_size=16, ctx_len=32, lr_init=3e-3, lr_final=1e-3, warmup_steps=5)
-    data = RWKVDataModule(batch_size=4, sample_len=128, val_fraction=0.0)
+    module = RWKVModule(version=version, n_layer=2, n_embd=64, head_size=16, ctx_len=32, lr_init=3e-3,
+                        lr_final=1e-3, warmup_steps=5)
+    data = RWKVDataModule(batch_size=4, sample_len=128, test_split=0)
     logger = L.pytorch.loggers.CSVLogger(tmp_path)
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=logger, log_every_n_steps=1,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -39,6 +42,11 @@ def test_optimizer_groups_follow_blinkdl():
     assert groups["2x"]["lr_scale"] == 2.0
     assert id(named["blocks.0.att.key.weight"]) in ids(groups["decay"])
     assert id(named["blocks.0.att.w1"]) in ids(groups["1x"])  # LoRA matrices are not ".weight": no decay
+    v6_model = RWKVModule(version="x060", n_layer=1, n_embd=64, head_size=16, vocab_size=100).model
+    v6 = dict(v6_model.named_parameters())
+    v6_groups = {g["name"]: ids(g) for g in param_groups(v6_model, 0.0)}
+    assert id(v6["blocks.0.att.time_decay"]) in v6_groups["2x"]  # BlinkDL's 2x lr on the decay
+    assert id(v6["blocks.0.att.time_faaaa"]) in v6_groups["1x"]
     assert id(named["blocks.0.ln1.weight"]) in ids(groups["1x"])  # 1-D: no decay
     assert "decay" not in {g["name"] for g in param_groups(module.model, 0.0)}
 

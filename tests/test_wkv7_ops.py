@@ -8,7 +8,7 @@ from rwkv_infctx.ops import BACKENDS, wkv7
 from rwkv_infctx.ops.chunked import wkv7_chunked
 from rwkv_infctx.ops.reference import wkv7_reference
 
-from .helpers import rel_err
+from .helpers import forward_backward, rel_err
 
 
 def make_inputs(B=2, T=20, H=3, N=8, seed=0, dtype=torch.float32, state=True):
@@ -69,24 +69,13 @@ def test_state_round_trip(backend, T):
     torch.testing.assert_close(s2, state, rtol=1e-5, atol=1e-5)
 
 
-def _forward_backward(fn, xs, s0, seed=1):
-    xs = [x.detach().clone().requires_grad_() for x in xs]
-    s0 = s0.detach().clone().requires_grad_()
-    out, state = fn(*xs, initial_state=s0)
-    g = torch.Generator().manual_seed(seed)
-    d_out = torch.randn(out.shape, generator=g).to(out.dtype)
-    d_state = torch.randn(state.shape, generator=g)
-    ((out.float() * d_out.float()).sum() + (state * d_state).sum()).backward()
-    return out, state, [x.grad for x in xs] + [s0.grad]
-
-
 @pytest.mark.parametrize("T", [1, 15, 16, 63, 100], ids=lambda t: f"T{t}")
 @pytest.mark.parametrize("block_len", [16, 32])
 def test_chunked_matches_reference_fp32(T, block_len):
     """Output, final state and the gradients of every input and of the initial state: rel. RMS < 1e-5."""
     xs, s0 = make_inputs(B=2, T=T, H=2, N=16)
-    ref = _forward_backward(wkv7_reference, xs, s0)
-    fast = _forward_backward(lambda *a, **kw: wkv7_chunked(*a, block_len=block_len, **kw), xs, s0)
+    ref = forward_backward(wkv7_reference, xs, s0)
+    fast = forward_backward(lambda *a, **kw: wkv7_chunked(*a, block_len=block_len, **kw), xs, s0)
     assert rel_err(fast[0], ref[0]) < 1e-5
     assert rel_err(fast[1], ref[1]) < 1e-5
     names = ["r", "w", "k", "v", "a", "b", "initial_state"]
@@ -98,8 +87,8 @@ def test_chunked_matches_reference_fp32(T, block_len):
 def test_chunked_bf16_inputs_close_to_fp32_reference():
     """bf16 inputs (fp32 state and accumulation): rel. RMS error against fp32 < 5e-3."""
     xs, s0 = make_inputs(B=1, T=64, H=4, N=16)
-    ref = _forward_backward(wkv7_reference, xs, s0)
-    fast = _forward_backward(wkv7_chunked, [x.bfloat16() for x in xs], s0)
+    ref = forward_backward(wkv7_reference, xs, s0)
+    fast = forward_backward(wkv7_chunked, [x.bfloat16() for x in xs], s0)
     assert fast[0].dtype == torch.bfloat16 and fast[1].dtype == torch.float32
     assert rel_err(fast[0], ref[0]) < 5e-3
     assert rel_err(fast[1], ref[1]) < 5e-3

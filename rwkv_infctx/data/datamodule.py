@@ -1,170 +1,128 @@
-"""A minimal data module: local text/jsonl/json files -> tokens -> whole-document samples.
-
-Steps are small pure functions (find files -> read documents -> tokenise -> cut samples ->
-collate); the LightningDataModule only wires them together and caches the tokens.
-"""
+"""The LightningDataModule: wires the data pipeline (``pipeline.py``) to padded training batches."""
 
 from __future__ import annotations
 
-import glob
-import hashlib
-import json
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
 from ..ops import CTX_LEN_MULTIPLE
+from .formats import ColumnSpec, Format, FormatConfig
+from .packing import Sample
+from .pipeline import DataSpec, load_or_build
+from .sources import binidx_prefix
 from .tokenizer import load_tokenizer
 
-TEXT_SUFFIXES = (".txt", ".md")
-RECORD_SUFFIXES = (".jsonl", ".json")
 DEFAULT_SOURCE = str(Path(__file__).parent / "corpus" / "english_prose.jsonl")
 
 
-def resolve_files(source: str) -> list[Path]:
-    """A file, a folder (its text/json files, recursively) or a glob -> sorted file list."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES + RECORD_SUFFIXES]
-    else:
-        files = [Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file()]
-    if not files:
-        raise DataError(f"data.source: no file matches {source!r}")
-    return sorted(files)
-
-
-def read_documents(path: Path, text_column: str) -> list[str]:
-    """One document per .txt/.md file; one per record of a .jsonl/.json file."""
-    if path.suffix not in RECORD_SUFFIXES:
-        return [path.read_text(encoding="utf-8")]
-    raw = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        records = [json.loads(line) for line in raw.splitlines() if line.strip()]
-    else:
-        records = json.loads(raw)
-        records = records.get("data", records) if isinstance(records, dict) else records
-    docs = []
-    for i, record in enumerate(records):
-        if not isinstance(record, dict) or text_column not in record:
-            raise DataError(f"{path}: record {i} has no column {text_column!r} (set data.text_column)")
-        docs.append(str(record[text_column]))
-    return docs
-
-
-def tokenize_documents(docs: list[str], tokenizer) -> list[np.ndarray]:
-    """Each document's ids followed by the end-of-document token; empty documents dropped."""
-    out = []
-    for doc in docs:
-        ids = tokenizer.encode(doc)
-        if ids:
-            out.append(np.asarray(ids + [tokenizer.eos_id], dtype=np.int64))
-    return out
-
-
-def cut_samples(docs: list[np.ndarray], sample_len: int | None, max_token_size: int | None) -> list[np.ndarray]:
-    """Samples of (input + 1 target) tokens.
-
-    With ``sample_len`` the documents are concatenated and cut into windows of sample_len
-    predictions (consecutive windows share one token so no target is lost). Without it each
-    document is one sample, however long: the trainer's chunked state carry handles any length.
-    """
-    if sample_len:
-        stream = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
-        starts = range(0, max(len(stream) - 1, 0), sample_len)
-        return [stream[s : s + sample_len + 1] for s in starts if len(stream[s : s + sample_len + 1]) > 1]
-    samples = [d for d in docs if len(d) > 1]
-    if max_token_size:
-        samples = [d for d in samples if len(d) - 1 <= max_token_size]
-    return samples
-
-
 class TokenSamples(Dataset):
-    def __init__(self, samples: list[np.ndarray]):
+    def __init__(self, samples: list[Sample]):
         self.samples = samples
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, i: int) -> np.ndarray:
+    def __getitem__(self, i: int) -> Sample:
         return self.samples[i]
 
 
-def collate_samples(samples: list[np.ndarray], multiple: int = CTX_LEN_MULTIPLE) -> dict[str, torch.Tensor]:
-    """Right-pad to a common length (a multiple of ``multiple``); padding has mask 0.
+def collate_samples(samples: list[Sample], multiple: int = CTX_LEN_MULTIPLE) -> dict[str, torch.Tensor]:
+    """Inputs, next-token targets and loss mask, right-padded to a common multiple of ``multiple``.
 
-    Padding sits after each sample's last real token, so it never changes a real token's output.
+    Position t predicts token t+1, and is in the loss when token t+1 is a target. Padding sits
+    after each sample's last real token, so it never changes a real token's output.
     """
-    longest = max(len(s) - 1 for s in samples)
+    longest = max(len(ids) - 1 for ids, _ in samples)
     T = -(-longest // multiple) * multiple
     input_ids = torch.zeros(len(samples), T, dtype=torch.long)
     targets = torch.zeros(len(samples), T, dtype=torch.long)
     mask = torch.zeros(len(samples), T, dtype=torch.float32)
-    for i, s in enumerate(samples):
-        n = len(s) - 1
-        ids = torch.from_numpy(np.asarray(s, dtype=np.int64))
-        input_ids[i, :n], targets[i, :n], mask[i, :n] = ids[:-1], ids[1:], 1.0
+    for i, (ids, train) in enumerate(samples):
+        n = len(ids) - 1
+        ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+        input_ids[i, :n], targets[i, :n] = ids[:-1], ids[1:]
+        mask[i, :n] = torch.from_numpy(np.asarray(train[1:], dtype=np.float32))
     return {"input_ids": input_ids, "targets": targets, "mask": mask}
 
 
-def cache_key(files: list[Path], tokenizer: str, text_column: str) -> str:
-    """Everything that changes the tokens: files (with size and mtime), tokenizer, column."""
-    parts = [tokenizer, text_column] + [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
-
-
-def load_or_tokenize(files: list[Path], tokenizer_name: str, text_column: str,
-                     data_path: str | None) -> list[np.ndarray]:
-    """Tokenised documents, read from ``data_path`` when it holds them, else built (and saved there)."""
-    cache = Path(data_path) / f"tokens-{cache_key(files, tokenizer_name, text_column)}.npz" if data_path else None
-    if cache is not None and cache.is_file():
-        stored = np.load(cache)
-        return np.split(stored["tokens"], stored["offsets"][1:-1])
-    tokenizer = load_tokenizer(tokenizer_name)
-    docs = tokenize_documents([d for f in files for d in read_documents(f, text_column)], tokenizer)
-    if cache is not None and docs:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        offsets = np.cumsum([0] + [len(d) for d in docs])
-        tmp = cache.with_name(cache.stem + ".tmp.npz")
-        np.savez(tmp, tokens=np.concatenate(docs), offsets=offsets)
-        tmp.replace(cache)
-    return docs
+def split_train_test(n: int, test_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """test_split < 1 is a fraction, >= 1 a count; at least one sample stays for training."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_test = round(n * test_split) if test_split < 1 else int(test_split)
+    n_test = min(max(n_test, 1 if test_split > 0 else 0), n - 1)
+    return order[n_test:], order[:n_test]
 
 
 class RWKVDataModule(L.LightningDataModule):
     def __init__(
         self,
         source: str = DEFAULT_SOURCE,
+        source_name: str | None = None,
+        split: str = "train",
+        data_files: str | list[str] | dict | None = None,
         tokenizer: str = "world",
         data_path: str | None = None,
+        overwrite_cache: bool = False,
+        num_proc: int = 1,
+        format: Format = "text",
         text_column: str = "text",
-        batch_size: int = 4,
-        sample_len: int | None = None,
+        prompt_column: str = "prompt",
+        completion_column: str = "completion",
+        mask_prompt: bool = True,
+        columns: list[ColumnSpec] | None = None,
+        conversation_column: str = "conversations",
+        chat_template: Literal["rwkv", "hf"] = "rwkv",
+        train_on: Literal["assistant", "all"] = "assistant",
+        min_token_size: int | None = None,
         max_token_size: int | None = None,
-        val_fraction: float = 0.02,
+        split_long: bool = False,
+        sample_len: int | None = None,
+        packing_len: int | None = None,
+        sort_by_length: bool = False,
+        test_split: float = 0.02,
+        batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 42,
     ):
-        """Local text data for RWKV training.
+        """Text data for RWKV training: load, tokenise, format, pack, cache.
 
         Args:
-            source: A local file, folder or glob: .txt/.md (one document per file) or .jsonl/.json
-                (one document per record). Default: the embedded English prose corpus.
-            tokenizer: world (RWKV, 65536 tokens) or a path to a Hugging Face tokenizer.json.
-            data_path: Folder where tokenised documents are cached (keyed by files, tokenizer and
-                column); null tokenises in memory on every run.
-            text_column: The record field holding the text (.jsonl/.json).
-            batch_size: Samples per micro-batch (per device).
-            sample_len: If set, all documents are concatenated (each ended by the end-of-document
-                token) and cut into samples of this many tokens; if null, each document is one sample.
-            max_token_size: Drop documents longer than this many tokens (null keeps all). Long
-                documents are never cut to ctx_len: the chunked state carry trains on them whole.
-            val_fraction: Fraction of the samples held out for validation during fit (at least one).
+            source: A Hugging Face hub dataset name, or a local file, folder or glob of
+                .json/.jsonl/.parquet/.csv/.txt/.md files, or an RWKV-LM binidx prefix (data/x for
+                data/x.bin + data/x.idx). Default: the embedded English prose corpus.
+            source_name: The hub dataset's configuration name (load_dataset's second argument).
+            split: The hub dataset's split.
+            data_files: Passed to datasets.load_dataset for hub datasets.
+            tokenizer: world (RWKV, 65536), neox (GPT-NeoX 20B, 50277) or a Hugging Face tokenizer.json path.
+            data_path: Cache folder: tokenised samples are saved in a subfolder named by a hash of
+                every setting that changes them, and read back on the next run.
+            overwrite_cache: Rebuild the cache for these settings even if it exists.
+            num_proc: Worker processes for tokenisation.
+            format: text | prompt_completion | columns | conversation.
+            text_column: The text field (format text).
+            prompt_column: The prompt field (format prompt_completion).
+            completion_column: The completion field (format prompt_completion).
+            mask_prompt: Loss only on the completion (format prompt_completion).
+            columns: Multi-column template (format columns): a list of {name, prefix, suffix, train}.
+            conversation_column: The list of turns (role/content or ShareGPT from/value).
+            chat_template: rwkv ('User: ...\\n\\nAssistant: ...\\n\\n') or hf (the tokenizer's template).
+            train_on: assistant (loss on assistant replies only) or all.
+            min_token_size: Drop documents shorter than this many tokens.
+            max_token_size: Drop documents longer than this (or cut them, with split_long). Long
+                documents are otherwise kept whole: the chunked state carry trains on any length.
+            split_long: Cut documents longer than max_token_size into pieces instead of dropping them.
+            sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way).
+            packing_len: Pack whole short documents into samples of at most this many tokens.
+            sort_by_length: Longest first (packing, or whole documents).
+            test_split: Held out for validation: a fraction (< 1) or a count (>= 1).
+            batch_size: Samples per micro-batch, per device.
             num_workers: DataLoader worker processes.
             seed: Seed of the train/validation split and of the shuffling.
         """
@@ -172,26 +130,40 @@ class RWKVDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if batch_size <= 0:
             raise DataError(f"data.batch_size must be positive, got {batch_size}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise DataError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if test_split < 0:
+            raise DataError(f"data.test_split must be >= 0, got {test_split}")
+        fmt = FormatConfig(format, text_column, prompt_column, completion_column, mask_prompt, list(columns or []),
+                           conversation_column, chat_template, train_on)
+        self.spec = DataSpec(source, source_name, split, data_files, tokenizer, fmt, min_token_size,
+                             max_token_size, split_long, sample_len, packing_len, sort_by_length)
         self.max_token_id: int | None = None
+        self.tokenizer_vocab_size: int | None = None
         self.train_set = self.val_set = None
+
+    def preload(self, overwrite: bool | None = None) -> dict:
+        """Build (or find) the cache; returns its metadata. Used by preload_datapath.py."""
+        hp = self.hparams
+        _, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc,
+                                       hp.overwrite_cache if overwrite is None else overwrite)
+        return {**meta, "built": built}
+
+    def prepare_data(self) -> None:
+        if self.hparams.data_path:  # rank 0 builds the cache once; setup() then reads it everywhere
+            self.preload()
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
-        files = resolve_files(hp.source)
-        docs = load_or_tokenize(files, hp.tokenizer, hp.text_column, hp.data_path)
-        samples = cut_samples(docs, hp.sample_len, hp.max_token_size)
-        if not samples:
-            raise DataError(f"data.source {hp.source!r} gave no samples (empty files, or all longer than max_token_size)")
-        self.max_token_id = int(max(s.max() for s in samples))
+        # binidx data was tokenised elsewhere: only its ids are checked, not data.tokenizer
+        self.tokenizer_vocab_size = None if binidx_prefix(hp.source) else load_tokenizer(hp.tokenizer).vocab_size
+        samples, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
+        self.max_token_id = int(meta["max_token_id"])
+        rank_zero_info(f"data: {len(samples)} samples ({'built' if built else 'read from cache'})")
         if stage in ("validate", "test"):  # evaluate on the whole source
             self.train_set, self.val_set = None, TokenSamples(samples)
             return
-        order = np.random.default_rng(hp.seed).permutation(len(samples))
-        n_val = min(max(1, round(len(samples) * hp.val_fraction)), len(samples) - 1) if hp.val_fraction > 0 else 0
-        self.val_set = TokenSamples([samples[i] for i in order[:n_val]]) if n_val else None
-        self.train_set = TokenSamples([samples[i] for i in order[n_val:]])
+        train_idx, test_idx = split_train_test(len(samples), hp.test_split, hp.seed)
+        self.train_set = TokenSamples([samples[i] for i in train_idx])
+        self.val_set = TokenSamples([samples[i] for i in test_idx]) if len(test_idx) else None
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         generator = torch.Generator().manual_seed(self.hparams.seed)

@@ -16,6 +16,8 @@ from rwkv_infctx.errors import ConfigError, DataError
 
 _WORLD_VOCAB_NAME = "rwkv_vocab_v20230424.txt"
 _WORLD_VOCAB_SIZE = 65536
+# GPT-NeoX-20B's tokenizer (RWKV-4 "Pile" models) ships inside this package: see tokenizers/NOTICE.md.
+_NEOX_TOKENIZER_FILE = "tokenizers/20B_tokenizer.json"
 
 
 def _parse_vocab_line(line: str) -> tuple[int, bytes]:
@@ -141,9 +143,18 @@ class HFTokenizerFile:
         except Exception as exc:  # the library raises bare Exceptions on bad files
             first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"cannot load tokenizer file {self.path}: {first_line}") from None
-        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._embedding_rows()
         eos = self._tok.token_to_id("<|endoftext|>")
         self.eos_id = 0 if eos is None else eos
+
+    def _embedding_rows(self) -> int:
+        """Rows the embedding needs: one past the highest id, even if the file leaves ids unused.
+
+        ``get_vocab_size`` counts tokens, which equals that only for gap-free files (NeoX: 50277).
+        """
+        counted = self._tok.get_vocab_size(with_added_tokens=True)
+        ids = self._tok.get_vocab(with_added_tokens=True).values()
+        return max(counted, max(ids, default=-1) + 1)
 
     def encode(self, text: str) -> list[int]:
         # Special tokens are left out: the data pipeline inserts eos_id itself.
@@ -153,20 +164,57 @@ class HFTokenizerFile:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
 
+class HFAutoTokenizer:
+    """A ``transformers`` tokenizer (hub name or saved folder): gives access to its chat template."""
+
+    def __init__(self, name: str):
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise ConfigError(f"data.tokenizer={name!r} needs `pip install transformers`") from None
+        try:
+            self._tok = AutoTokenizer.from_pretrained(name)
+        except (OSError, ValueError) as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot load Hugging Face tokenizer {name!r}: {first_line}") from None
+        self.path = name
+        self.vocab_size = len(self._tok)
+        self.eos_id = self._tok.eos_token_id if self._tok.eos_token_id is not None else 0
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[dict], tokenize: bool = False,
+                            add_generation_prompt: bool = False) -> str:
+        if not getattr(self._tok, "chat_template", None):
+            raise ConfigError(f"the tokenizer {self.path!r} has no chat template (use data.chat_template: rwkv)")
+        return self._tok.apply_chat_template(messages, tokenize=tokenize, add_generation_prompt=add_generation_prompt)
+
+
+def _looks_like_hub_name(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "~"))
+
+
 def load_tokenizer(name: str):
     """Map the ``data.tokenizer`` setting to a tokenizer, failing with a one-line ConfigError."""
     if name == "world":
         return WorldTokenizer()
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "tokenizer_config.json").is_file():
+        return HFAutoTokenizer(str(path))  # a saved transformers tokenizer, chat template included
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return HFTokenizerFile(path / "tokenizer.json")
     if path.is_file() and path.suffix == ".json":
         return HFTokenizerFile(path)
     if name == "neox":
-        raise ConfigError(
-            "data.tokenizer='neox' is not available yet; use 'world' or a path to a tokenizer.json"
-        )
+        return HFTokenizerFile(importlib.resources.files(__package__) / _NEOX_TOKENIZER_FILE)
+    if not path.exists() and _looks_like_hub_name(name):
+        return HFAutoTokenizer(name)
     raise ConfigError(
-        f"data.tokenizer={name!r} is neither 'world' nor a tokenizer.json file "
-        "(or a directory containing one)"
+        f"data.tokenizer={name!r} is neither 'world', 'neox', a tokenizer.json file, a tokenizer folder "
+        "nor a Hugging Face hub name (org/name)"
     )

@@ -6,30 +6,63 @@ What differs between versions (time-mix, channel-mix, their init) lives in ``v5.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..ops import get_backend
 from .state import RecurrentState
+from .v5 import V5_INIT, ChannelMixV5, TimeMixV5
+from .v6 import V6_INIT, ChannelMixV6, TimeMixV6
 from .v7 import V7_INIT, ChannelMixV7, TimeMixV7
 
-VERSIONS = {
-    "x070": (TimeMixV7, ChannelMixV7, V7_INIT),
+
+class VersionSpec(NamedTuple):
+    """Everything that differs between RWKV generations, as data."""
+
+    time_mix: type[nn.Module]  # (cfg, layer_id, wkv_backend); forward(x, shift, wkv, v_first)
+    channel_mix: type[nn.Module]  # (cfg, layer_id); forward(x, shift)
+    init: dict[str, Callable]  # block parameter name -> official init rule
+    # config field -> (state-dict key, axis): where a .pth records each size that is not
+    # n_layer/n_embd/vocab_size (keys of blocks.1 are absent from 1-layer models: default then)
+    shape_dims: dict[str, tuple[str, int]]
+
+
+VERSIONS: dict[str, VersionSpec] = {
+    "x052": VersionSpec(TimeMixV5, ChannelMixV5, V5_INIT, {
+        "head_size": ("blocks.0.att.time_faaaa", 1),
+        "dim_ffn": ("blocks.0.ffn.key.weight", 0),
+    }),
+    "x060": VersionSpec(TimeMixV6, ChannelMixV6, V6_INIT, {
+        "head_size": ("blocks.0.att.time_faaaa", 1),
+        "dim_ffn": ("blocks.0.ffn.key.weight", 0),
+        "mix_lora": ("blocks.0.att.time_maa_w2", 1),
+        "decay_lora": ("blocks.0.att.time_decay_w1", 1),
+    }),
+    "x070": VersionSpec(TimeMixV7, ChannelMixV7, V7_INIT, {
+        "head_size": ("blocks.0.att.r_k", 1),
+        "dim_ffn": ("blocks.0.ffn.key.weight", 0),
+        "decay_lora": ("blocks.0.att.w1", 1),
+        "iclr_lora": ("blocks.0.att.a1", 1),
+        "value_lora": ("blocks.1.att.v1", 1),
+        "gate_lora": ("blocks.0.att.g1", 1),
+    }),
 }
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_id: int, wkv_backend: str):
         super().__init__()
-        time_mix, channel_mix, _ = VERSIONS[cfg.version]
+        spec = VERSIONS[cfg.version]
         self.layer_id = layer_id
         if layer_id == 0:
             self.ln0 = nn.LayerNorm(cfg.n_embd)  # normalises the embedding once, as BlinkDL's
         self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.ln2 = nn.LayerNorm(cfg.n_embd)
-        self.att = time_mix(cfg, layer_id, wkv_backend)
-        self.ffn = channel_mix(cfg, layer_id)
+        self.att = spec.time_mix(cfg, layer_id, wkv_backend)
+        self.ffn = spec.channel_mix(cfg, layer_id)
 
     def forward(self, x: Tensor, v_first: Tensor | None, state: RecurrentState):
         if self.layer_id == 0:
@@ -84,7 +117,7 @@ class RWKV(nn.Module):
     def init_weights(self) -> None:
         """The official per-parameter initialisation of this version (BlinkDL's fresh-model init)."""
         cfg = self.cfg
-        table = VERSIONS[cfg.version][2]
+        table = VERSIONS[cfg.version].init
         nn.init.uniform_(self.emb.weight, -1e-4, 1e-4)
         head_gain = 0.5 * (cfg.vocab_size / cfg.n_embd) ** 0.5 if cfg.vocab_size > cfg.n_embd else 0.5
         nn.init.orthogonal_(self.head.weight, gain=head_gain)

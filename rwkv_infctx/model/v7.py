@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..ops import wkv7
+from .init_rules import const, zeros
 from .layers import token_shift
 
 # Decay is exp(-exp(-0.5) * sigmoid(w)): soft-clamped into (exp(-0.6065), 1), as BlinkDL's kernel.
@@ -100,13 +101,6 @@ def _orthogonal(gain: float):
     return init
 
 
-def _const(fn):
-    """An init from a formula of (cfg, layer_id) -> values broadcastable to the parameter."""
-    def init(p: Tensor, cfg: ModelConfig, layer_id: int) -> None:
-        p.copy_(torch.as_tensor(fn(cfg, layer_id), dtype=p.dtype).expand_as(p))
-    return init
-
-
 def _ramps(cfg: ModelConfig, layer_id: int):
     """The per-channel and per-layer ramps BlinkDL's formulas are built from."""
     C, N = cfg.n_embd, cfg.head_size
@@ -124,7 +118,7 @@ def _token_shift_mix(power: float):
     def values(cfg, layer_id):
         _, shallowness, channel, _, _ = _ramps(cfg, layer_id)
         return 1.0 - channel ** (power * shallowness)
-    return _const(values)
+    return const(values)
 
 
 def _w0(cfg, layer_id):
@@ -139,10 +133,6 @@ def _ffn_x_k(cfg, layer_id):
     return 1.0 - channel ** (shallowness**4)
 
 
-def _zeros(p: Tensor, cfg: ModelConfig, layer_id: int) -> None:
-    p.zero_()
-
-
 V7_INIT = {
     "att.x_r": _token_shift_mix(0.2),
     "att.x_w": _token_shift_mix(0.9),
@@ -150,27 +140,27 @@ V7_INIT = {
     "att.x_v": _token_shift_mix(0.7),
     "att.x_a": _token_shift_mix(0.9),
     "att.x_g": _token_shift_mix(0.2),
-    "att.w0": _const(_w0),
-    "att.w1": _zeros,
+    "att.w0": const(_w0),
+    "att.w1": zeros,
     "att.w2": _orthogonal(0.1),
-    "att.a0": _const(lambda c, i: -0.19 + _ramps(c, i)[4] * 0.3 + _ramps(c, i)[3] * 0.4),
-    "att.a1": _zeros,
+    "att.a0": const(lambda c, i: -0.19 + _ramps(c, i)[4] * 0.3 + _ramps(c, i)[3] * 0.4),
+    "att.a1": zeros,
     "att.a2": _orthogonal(0.1),
-    "att.v0": _const(lambda c, i: 0.73 - _ramps(c, i)[3] * 0.4),
-    "att.v1": _zeros,
+    "att.v0": const(lambda c, i: 0.73 - _ramps(c, i)[3] * 0.4),
+    "att.v1": zeros,
     "att.v2": _orthogonal(0.1),
-    "att.g1": _zeros,
+    "att.g1": zeros,
     "att.g2": _orthogonal(0.1),
-    "att.k_k": _const(lambda c, i: 0.71 - _ramps(c, i)[3] * 0.1),
-    "att.k_a": _const(lambda c, i: 1.02),
-    "att.r_k": _const(lambda c, i: -0.04),
+    "att.k_k": const(lambda c, i: 0.71 - _ramps(c, i)[3] * 0.1),
+    "att.k_a": const(lambda c, i: 1.02),
+    "att.r_k": const(lambda c, i: -0.04),
     "att.receptance.weight": _orthogonal(1.0),
     "att.key.weight": _orthogonal(0.1),
     "att.value.weight": _orthogonal(1.0),
-    "att.output.weight": _zeros,
-    "att.ln_x.weight": _const(lambda c, i: ((1 + i) / c.n_layer) ** 0.7),
-    "att.ln_x.bias": _zeros,
-    "ffn.x_k": _const(_ffn_x_k),
+    "att.output.weight": zeros,
+    "att.ln_x.weight": const(lambda c, i: ((1 + i) / c.n_layer) ** 0.7),
+    "att.ln_x.bias": zeros,
+    "ffn.x_k": const(_ffn_x_k),
     "ffn.key.weight": _orthogonal(1.0),
-    "ffn.value.weight": _zeros,
+    "ffn.value.weight": zeros,
 }

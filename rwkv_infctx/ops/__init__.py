@@ -12,8 +12,8 @@ from typing import Callable
 from torch import Tensor
 
 from ..errors import ConfigError
-from .chunked import wkv7_chunked
-from .reference import wkv7_reference
+from .chunked import wkv6_chunked, wkv7_chunked
+from .reference import wkv6_reference, wkv7_reference
 
 # Every backend must accept chunk lengths that are multiples of this, so that one config runs
 # on all of them (BlinkDL's CUDA kernels process 16 tokens per chunk).
@@ -24,12 +24,15 @@ CTX_LEN_MULTIPLE = 16
 class WKVBackend:
     name: str
     wkv7: Callable[..., tuple[Tensor, Tensor]]
+    wkv6: Callable[..., tuple[Tensor, Tensor]]  # also serves RWKV-5 (decay constant in time)
     description: str
 
 
 BACKENDS: dict[str, WKVBackend] = {
-    "reference": WKVBackend("reference", wkv7_reference, "per-token PyTorch loop (slow, the oracle)"),
-    "chunked": WKVBackend("chunked", wkv7_chunked, "chunk-parallel PyTorch (CPU and any GPU)"),
+    "reference": WKVBackend("reference", wkv7=wkv7_reference, wkv6=wkv6_reference,
+                            description="per-token PyTorch loop (slow, the oracle)"),
+    "chunked": WKVBackend("chunked", wkv7=wkv7_chunked, wkv6=wkv6_chunked,
+                          description="chunk-parallel PyTorch (CPU and any GPU)"),
 }
 
 
@@ -43,3 +46,9 @@ def wkv7(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
          initial_state: Tensor | None = None, backend: str = "chunked") -> tuple[Tensor, Tensor]:
     """WKV-7 through the chosen backend; see ``reference.wkv7_reference`` for the contract."""
     return get_backend(backend).wkv7(r, w, k, v, a, b, initial_state)
+
+
+def wkv6(r: Tensor, w: Tensor, k: Tensor, v: Tensor, u: Tensor,
+         initial_state: Tensor | None = None, backend: str = "chunked") -> tuple[Tensor, Tensor]:
+    """WKV-6 (and WKV-5) through the chosen backend; see ``reference.wkv6_reference`` for the contract."""
+    return get_backend(backend).wkv6(r, w, k, v, u, initial_state)

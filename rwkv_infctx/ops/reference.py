@@ -6,6 +6,7 @@ recurrence is written in the RWKV papers.
 
 Layout conventions shared by every WKV op in this package:
     r, w, k, v, a, b : (B, T, H, N)   batch, time, heads, head size
+    u                : (H, N)         the per-head bonus of RWKV-5/6 ("time_faaaa")
     state            : (B, H, N, N)   float32, indexed [batch, head, key, value]
     output           : (B, T, H, N)   same dtype as ``r``
 ``w`` is the natural log of the per-channel decay (w <= 0, decay = exp(w)), so every backend
@@ -57,5 +58,36 @@ def wkv7_reference(
             + k[:, t, :, :, None] * v[:, t, :, None, :]
         )
         outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, t], state))
+    out = torch.stack(outputs, dim=1) if outputs else torch.zeros_like(v)
+    return out.to(out_dtype), state
+
+
+def wkv6_reference(
+    r: Tensor,
+    w: Tensor,
+    k: Tensor,
+    v: Tensor,
+    u: Tensor,
+    initial_state: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RWKV-6 (x060) and RWKV-5 (x052, with ``w`` constant in time), one token at a time.
+
+    For each token t, with S of shape (N_key, N_value) and u the per-head bonus ("time_faaaa"):
+        o_t = (S_{t-1} + diag(u) k_t v_t^T)^T r_t
+        S_t = diag(exp(w_t)) S_{t-1} + k_t v_t^T
+    The current token enters the output through the bonus only, and the state only afterwards
+    (BlinkDL's wkv5/wkv6 CUDA kernels).
+
+    u: (H, N). Returns (output (B, T, H, N) in r.dtype, final state (B, H, N, N) float32).
+    """
+    out_dtype = r.dtype
+    r, w, k, v, u = (x.float() for x in (r, w, k, v, u))
+    state = zero_state(r) if initial_state is None else initial_state.float()
+    decay = w.exp()
+    outputs = []
+    for t in range(r.shape[1]):
+        kv = k[:, t, :, :, None] * v[:, t, :, None, :]  # (B, H, K, V)
+        outputs.append(torch.einsum("bhk,bhkv->bhv", r[:, t], state + u[:, :, None] * kv))
+        state = decay[:, t, :, :, None] * state + kv
     out = torch.stack(outputs, dim=1) if outputs else torch.zeros_like(v)
     return out.to(out_dtype), state

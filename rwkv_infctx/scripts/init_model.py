@@ -42,7 +42,7 @@ def init_model(out: str, cfg: ModelConfig, seed: int = 42, dtype: str = "fp32",
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="init_model.py", description=__doc__)
     p.add_argument("out", help="path of the .pth to write")
-    p.add_argument("--version", default="x070", help="RWKV generation (x070)")
+    p.add_argument("--version", default="x070", choices=["x052", "x060", "x070"], help="RWKV generation")
     p.add_argument("--n_layer", type=int, required=True)
     p.add_argument("--n_embd", type=int, required=True)
     p.add_argument("--vocab_size", type=vocab_size_arg, default=65536, help="a number, world (65536) or neox (50277)")

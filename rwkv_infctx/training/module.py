@@ -88,13 +88,22 @@ class RWKVModule(L.LightningModule):
         else:
             self.model = RWKV(cfg, wkv_backend)
             self.model.init_weights()
-        self._step_started = None
+        self._step_started = 0.0
+        self._tokens_in_step = 0
+        self._tokens_seen = 0  # this run's, on all devices
 
     # -- data checks ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        vocab = self.model.cfg.vocab_size
+        tokenizer_vocab = getattr(dm, "tokenizer_vocab_size", None)
+        if tokenizer_vocab is not None and tokenizer_vocab > vocab:
+            raise ConfigError(
+                f"data.tokenizer={dm.hparams.tokenizer!r} has {tokenizer_vocab} tokens but model.vocab_size={vocab}; "
+                "set model.vocab_size to at least the tokenizer's"
+            )
         max_id = getattr(dm, "max_token_id", None)
-        if max_id is not None and max_id >= self.model.cfg.vocab_size:
+        if max_id is not None and max_id >= vocab:
             raise DataError(
                 f"the data has token id {max_id} but model.vocab_size={self.model.cfg.vocab_size}; "
                 "use a tokenizer that matches the model or raise vocab_size"
@@ -122,7 +131,7 @@ class RWKVModule(L.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         seconds = time.perf_counter() - self._step_started
         tokens = self._tokens_in_step * self.trainer.world_size
-        self._tokens_seen = getattr(self, "_tokens_seen", 0) + tokens
+        self._tokens_seen += tokens
         self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
         self.log("train/tokens_seen", float(self._tokens_seen))
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)

@@ -8,7 +8,8 @@ from torch import nn
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay only on 2-D ``.weight`` matrices; 2x learning rate on the decay bias ``att.w0``.
+    """Weight decay only on 2-D ``.weight`` matrices; 2x learning rate on the decay bias
+    (``att.w0`` in x070, ``att.time_decay`` in x052/x060), as BlinkDL's trainers do.
 
     ``lr_scale`` is read by the schedule; it mirrors BlinkDL's ``my_lr_scale``.
     """
@@ -16,7 +17,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.endswith("att.w0"):
+        if name.endswith(("att.w0", "att.time_decay")):
             double_lr.append(p)
         elif weight_decay > 0 and p.squeeze().dim() >= 2 and name.endswith(".weight"):
             decay.append(p)
