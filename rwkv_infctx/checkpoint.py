@@ -87,8 +87,38 @@ def check_compatible(cfg: ModelConfig, file_cfg: ModelConfig, path: str) -> None
             raise CheckpointError(f"{path}: has {name}={have} but the config says model.{name}={want}")
 
 
+TIME_STATE = "blocks.{}.att.time_state"
+
+
+def to_blinkdl(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our state dict -> BlinkDL's: a learned initial state becomes per-layer ``att.time_state``.
+
+    BlinkDL's files (and the rwkv package, which transposes on load) keep it as [H, value, key];
+    we keep [key, value].
+    """
+    sd = dict(sd)
+    initial = sd.pop("initial_wkv", None)
+    if initial is not None:
+        for i, layer_state in enumerate(initial):
+            sd[TIME_STATE.format(i)] = layer_state.transpose(-1, -2)
+    return sd
+
+
+def from_blinkdl(sd: dict[str, Tensor], n_layer: int, path: str = "state dict") -> dict[str, Tensor]:
+    sd = dict(sd)
+    states = [sd.pop(TIME_STATE.format(i), None) for i in range(n_layer)]
+    if any(s is not None for s in states):
+        if any(s is None for s in states):
+            raise CheckpointError(f"{path}: att.time_state is present in some layers only")
+        sd["initial_wkv"] = torch.stack([s.float().transpose(-1, -2) for s in states])
+    return sd
+
+
 def load_state_into(model: nn.Module, sd: dict[str, Tensor], path: str = "state dict") -> None:
     """Copy weights with strict name and shape checks that name the offending key."""
+    sd = from_blinkdl(sd, model.cfg.n_layer, path)
+    if "initial_wkv" in sd and model.initial_wkv is None:
+        model.initial_wkv = torch.zeros_like(sd["initial_wkv"])
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     if missing:
@@ -116,7 +146,7 @@ def save_pth(model_or_sd: nn.Module | dict, path: str | os.PathLike, dtype: str 
     path = Path(path)
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; choose another path or pass overwrite")
-    sd = model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd
+    sd = to_blinkdl(model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd)
     out = {}
     for key, tensor in sd.items():
         tensor = tensor.detach().cpu()

@@ -104,3 +104,16 @@ def test_token_id_beyond_vocab_size(capsys, tmp_path):
 
 def test_missing_load_model_file(capsys, tmp_path):
     assert "no such file" in one_line_error(["--model.load_model", str(tmp_path / "x.pth")], capsys, tmp_path)
+
+
+def test_unknown_format_value(capsys, tmp_path):
+    message = one_line_error(["--data.format", "xml"], capsys, tmp_path)
+    assert "data.format" in message and "xml" in message
+
+
+def test_load_model_of_another_version(capsys, tmp_path):
+    from rwkv_infctx.scripts.init_model import main as init_main
+    pth = tmp_path / "v6.pth"
+    init_main(["--version", "x060", "--n_layer", "1", "--n_embd", "32", "--head_size", "16", str(pth)])
+    message = one_line_error(["--model.load_model", str(pth)], capsys, tmp_path)
+    assert "has version=x060 but the config says model.version=x070" in message

@@ -263,3 +263,18 @@ def test_hf_chat_template_trains_on_assistant_spans(tmp_path):
     ids, train = format_record({"conversations": turns}, cfg, hf)
     assert ids == [1, 3, 5, 2, 4, 0]  # <|user|> hi there <|assistant|> yo <eos>
     assert train == [0, 0, 0, 0, 1, 1]  # the reply and the eos; the <|assistant|> header is context
+
+
+@pytest.mark.parametrize("fmt, record, trained_text", [
+    ("prompt_completion", {"prompt": "Question: two plus two?", "completion": " Four."}, " Four."),
+    ("conversation", {"conversations": [{"from": "human", "value": "Hi!"}, {"from": "gpt", "value": "Hello."}]},
+     " Hello.\n\n"),
+], ids=["prompt_completion", "conversation"])
+def test_formats_from_a_local_file_with_the_world_tokenizer(tmp_path, fmt, record, trained_text):
+    from rwkv_infctx.data.tokenizer import load_tokenizer
+    src = write_jsonl(tmp_path / "d.jsonl", [record])
+    [(ids, train)] = pipeline.build_samples(pipeline.DataSpec(source=str(src), fmt=FormatConfig(format=fmt)))
+    world = load_tokenizer("world")
+    assert ids[-1] == 0 and train[-1] == 1  # end of document, trained on
+    assert world.decode([int(i) for i, t in zip(ids, train) if t and i]) == trained_text
+    assert world.encode(trained_text) == [int(i) for i, t in zip(ids, train) if t and i]

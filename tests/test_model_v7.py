@@ -86,3 +86,20 @@ def test_bad_model_configs_are_one_line_errors():
         ModelConfig(n_embd=100, head_size=64)
     with pytest.raises(ConfigError, match="x999"):
         ModelConfig(version="x999")
+
+
+def test_bf16_blinkdl_pth_with_legacy_keys_loads_for_finetuning(tmp_path):
+    """Released x070 files are bf16 and may carry layer 0's unused v0/v1/v2."""
+    from rwkv_infctx.training.module import RWKVModule
+    cfg = tiny_config()
+    sd = {k: v.bfloat16() for k, v in random_model(cfg).state_dict().items()}
+    sd["blocks.0.att.v0"] = torch.zeros(1, 1, cfg.n_embd, dtype=torch.bfloat16)
+    sd["blocks.0.att.v1"] = torch.zeros(cfg.n_embd, 32, dtype=torch.bfloat16)
+    sd["blocks.0.att.v2"] = torch.zeros(32, cfg.n_embd, dtype=torch.bfloat16)
+    path = save_pth(sd, tmp_path / "released.pth")
+    module = RWKVModule(n_layer=cfg.n_layer, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size, head_size=cfg.head_size,
+                        load_model=str(path))
+    loaded = module.model.state_dict()
+    assert loaded["head.weight"].dtype == torch.float32
+    assert torch.equal(loaded["head.weight"], sd["head.weight"].float())
+    assert "blocks.0.att.v0" not in loaded

@@ -71,3 +71,44 @@ def test_rwkv_pip_package_gives_the_same_logits(version, tmp_path):
     their_version, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
     assert their_version == {"x052": 5.2, "x060": 6.0, "x070": 7.0}[version]
     assert (ours - torch.tensor(theirs)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("version", ["x052", "x060"])
+def test_state_tuned_pth_time_state_round_trip_and_rwkv_package_logits(version, tmp_path):
+    """att.time_state (BlinkDL's [H, value, key]) becomes our initial [key, value] state and back;
+    the rwkv package starts from it too, so equal logits prove the layout."""
+    from rwkv_infctx.checkpoint import config_from_state_dict, load_pth, load_state_into
+    from rwkv_infctx.model import RWKV
+
+    cfg = ModelConfig(version=version, n_layer=2, n_embd=64, vocab_size=100, head_size=32)
+    sd = dict(random_model(cfg, scale=0.1).state_dict())
+    g = torch.Generator().manual_seed(5)
+    for i in range(cfg.n_layer):
+        sd[f"blocks.{i}.att.time_state"] = torch.randn(cfg.n_head, 32, 32, generator=g)
+    path = save_pth(sd, tmp_path / "tuned.pth")
+    model = RWKV(config_from_state_dict(load_pth(path)))
+    load_state_into(model, load_pth(path), str(path))
+    assert torch.equal(model.empty_state(1).wkv[1, 0], sd["blocks.1.att.time_state"].transpose(-1, -2))
+    again = torch.load(save_pth(model, tmp_path / "again.pth"), weights_only=True)
+    assert torch.equal(again["blocks.0.att.time_state"], sd["blocks.0.att.time_state"])
+
+    tokens = [3, 14, 15, 92, 65, 35]
+    with torch.no_grad():
+        ours = model(torch.tensor([tokens]))[0][0]
+    script = (
+        "import json, torch\n"
+        "from rwkv.model import RWKV\n"
+        f"m = RWKV(model={str(path)[:-4]!r}, strategy='cpu fp32')\n"
+        f"out, _ = m.forward({tokens}, None, full_output=True)\n"
+        "print(json.dumps(out.tolist()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**env, "RWKV_JIT_ON": "0"})
+    assert proc.returncode == 0, proc.stderr
+    theirs = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert (ours - theirs).abs().max().item() < 1e-4
+    zero_start = RWKV(model.cfg)
+    load_state_into(zero_start, {k: v for k, v in sd.items() if "time_state" not in k})
+    with torch.no_grad():
+        assert (zero_start(torch.tensor([tokens]))[0][0] - ours).abs().max() > 1e-3  # the state matters

@@ -85,6 +85,8 @@ class RWKV(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i, wkv_backend) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # A state-tuned model's learned starting WKV state (L, H, N, N) [key, value], or None (zeros).
+        self.register_buffer("initial_wkv", None)
 
     def set_wkv_backend(self, name: str) -> None:
         get_backend(name)
@@ -94,8 +96,11 @@ class RWKV(nn.Module):
     def empty_state(self, batch_size: int, device=None) -> RecurrentState:
         cfg = self.cfg
         device = device if device is not None else self.emb.weight.device
-        return RecurrentState.zeros(cfg.n_layer, batch_size, cfg.n_embd, cfg.n_head, cfg.head_size,
-                                    device=device, dtype=self.emb.weight.dtype)
+        state = RecurrentState.zeros(cfg.n_layer, batch_size, cfg.n_embd, cfg.n_head, cfg.head_size,
+                                     device=device, dtype=self.emb.weight.dtype)
+        if self.initial_wkv is not None:
+            state.wkv.copy_(self.initial_wkv.unsqueeze(1).expand_as(state.wkv))
+        return state
 
     def hidden(self, idx: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
         """Final normalised hidden states (B, T, C), before the head."""
