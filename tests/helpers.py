@@ -42,3 +42,12 @@ def forward_backward(fn, xs, s0, seed=1):
     d_state = torch.randn(state.shape, generator=g)
     ((out.float() * d_out.float()).sum() + (state * d_state).sum()).backward()
     return out, state, [x.grad for x in xs] + [s0.grad]
+
+
+def shared_table(C: int, L: int, V: int) -> dict:
+    """The BlinkDL state-dict entries every RWKV version has: embedding, norms, head."""
+    table = {"emb.weight": (V, C), "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C),
+             "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    for i in range(L):
+        table.update({f"blocks.{i}.{norm}.{part}": (C,) for norm in ("ln1", "ln2") for part in ("weight", "bias")})
+    return table

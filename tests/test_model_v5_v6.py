@@ -9,7 +9,7 @@ from rwkv_infctx.checkpoint import config_from_state_dict, load_state_into, save
 from rwkv_infctx.config import ModelConfig
 from rwkv_infctx.model import RWKV
 
-from .helpers import random_model
+from .helpers import random_model, shared_table
 
 VERSIONS = ["x052", "x060"]
 
@@ -17,11 +17,9 @@ VERSIONS = ["x052", "x060"]
 def blinkdl_table(version, C, N, L, V, F, D_mix=32, D_decay=64):
     """BlinkDL's names and shapes (RWKV-v5/src/model.py) for n_embd C, head_size N, dim_ffn F."""
     H = C // N
-    table = {"emb.weight": (V, C), "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C),
-             "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    table = shared_table(C, L, V)
     for i in range(L):
         p = f"blocks.{i}."
-        table.update({p + "ln1.weight": (C,), p + "ln1.bias": (C,), p + "ln2.weight": (C,), p + "ln2.bias": (C,)})
         if version == "x052":
             for name in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g"):
                 table[p + "att." + name] = (1, 1, C)

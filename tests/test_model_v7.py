@@ -9,16 +9,14 @@ from rwkv_infctx.config import ModelConfig
 from rwkv_infctx.errors import CheckpointError, ConfigError
 from rwkv_infctx.model import RWKV
 
-from .helpers import random_model, tiny_config
+from .helpers import random_model, shared_table, tiny_config
 
 # BlinkDL's x070 table for n_embd=C, head_size=N (H=C/N), LoRA ranks Dw, Da, Dv, Dg, vocab V.
 def x070_table(C, N, L, V, Dw, Da, Dv, Dg, F):
     H = C // N
-    table = {"emb.weight": (V, C), "ln_out.weight": (C,), "ln_out.bias": (C,), "head.weight": (V, C),
-             "blocks.0.ln0.weight": (C,), "blocks.0.ln0.bias": (C,)}
+    table = shared_table(C, L, V)
     for i in range(L):
         p = f"blocks.{i}."
-        table.update({p + "ln1.weight": (C,), p + "ln1.bias": (C,), p + "ln2.weight": (C,), p + "ln2.bias": (C,)})
         for name in ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "k_k", "k_a"):
             table[p + "att." + name] = (1, 1, C)
         table.update({p + "att.w1": (C, Dw), p + "att.w2": (Dw, C), p + "att.a1": (C, Da), p + "att.a2": (Da, C),
