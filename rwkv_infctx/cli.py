@@ -8,25 +8,47 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from .data.datamodule import RWKVDataModule
-from .errors import RWKVTrainerError
+from .errors import ConfigError, RWKVTrainerError
 from .training.module import RWKVModule
 
 
 class SaveFitConfig(SaveConfigCallback):
-    """Record the config of training runs only: validate/test must not collide with a fit's config.yaml."""
+    """Record the config of training runs only (validate/test must not collide with a fit's
+    config.yaml), as config.yaml or, where an earlier run left one, config-2.yaml, ..."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
-            super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # broadcast by Lightning
+        if trainer.is_global_zero:  # only rank 0 writes
+            n, name = 1, "config.yaml"
+            while (log_dir / name).exists():
+                n, name = n + 1, f"config-{n + 1}.yaml"
+            self.config_filename = name
+        super().setup(trainer, pl_module, stage)
 
 
 class RWKVTrainerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"trainer.gradient_clip_val": 1.0})
+
+    def before_fit(self) -> None:
+        check_strategy(self.trainer)
+
+
+def check_strategy(trainer) -> None:
+    """What Lightning would only refuse with a stack trace, refused in one line."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if isinstance(trainer.strategy, DeepSpeedStrategy) and not isinstance(trainer.accelerator, CUDAAccelerator):
+        raise ConfigError("trainer.strategy: DeepSpeed runs on CUDA GPUs only (Lightning refuses it on "
+                          f"{type(trainer.accelerator).__name__}); on this machine use strategy auto or ddp")
 
 
 def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:

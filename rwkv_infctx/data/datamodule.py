@@ -8,7 +8,7 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DataError
@@ -16,6 +16,7 @@ from ..ops import CTX_LEN_MULTIPLE
 from .formats import ColumnSpec, Format, FormatConfig
 from .packing import Sample
 from .pipeline import DataSpec, load_or_build
+from .sampler import GlobalBatchSampler
 from .sources import binidx_prefix
 from .tokenizer import load_tokenizer
 
@@ -120,9 +121,12 @@ class RWKVDataModule(L.LightningDataModule):
             split_long: Cut documents longer than max_token_size into pieces instead of dropping them.
             sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way).
             packing_len: Pack whole short documents into samples of at most this many tokens.
-            sort_by_length: Longest first (packing, or whole documents).
+            sort_by_length: Longest first (packing, or whole documents); training then keeps
+                this order instead of shuffling, so an out-of-memory batch shows at once.
             test_split: Held out for validation: a fraction (< 1) or a count (>= 1).
-            batch_size: Samples per micro-batch, per device.
+            batch_size: Samples per micro-batch, per device. The global batch of one optimizer step
+                is batch_size x devices x nodes x trainer.accumulate_grad_batches; the samples of
+                each global batch are the same whatever the number of devices.
             num_workers: DataLoader worker processes.
             seed: Seed of the train/validation split and of the shuffling.
         """
@@ -139,6 +143,7 @@ class RWKVDataModule(L.LightningDataModule):
         self.max_token_id: int | None = None
         self.tokenizer_vocab_size: int | None = None
         self.train_set = self.val_set = None
+        self._resume: dict | None = None
 
     def preload(self, overwrite: bool | None = None) -> dict:
         """Build (or find) the cache; returns its metadata. Used by preload_datapath.py."""
@@ -165,16 +170,41 @@ class RWKVDataModule(L.LightningDataModule):
         self.train_set = TokenSamples([samples[i] for i in train_idx])
         self.val_set = TokenSamples([samples[i] for i in test_idx]) if len(test_idx) else None
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, shuffle=shuffle, generator=generator,
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
                           collate_fn=collate_samples, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        trainer = self.trainer
+        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = GlobalBatchSampler(self.train_set, self.hparams.batch_size, world_size, rank,
+                                     shuffle=not self.hparams.sort_by_length, seed=self.hparams.seed)
+        if self._resume:
+            sampler.resume(self._resume["epoch"], self._batches_to_skip(sampler.global_batch))
+            self._resume = None
+        return self._loader(self.train_set, sampler)
+
+    # -- mid-epoch resume: Lightning saves this with every checkpoint ----------------------------
+    def state_dict(self) -> dict:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":
+            return {}
+        batch_size = self.hparams.batch_size
+        return {"epoch": trainer.current_epoch, "global_batch": batch_size * trainer.world_size,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume = dict(state_dict) or None
+
+    def _batches_to_skip(self, global_batch: int) -> int:
+        samples_done = self._resume["batches_done"] * self._resume["global_batch"]
+        if samples_done % global_batch:
+            rank_zero_warn(f"resuming with a global batch of {global_batch} samples instead of "
+                           f"{self._resume['global_batch']}: the epoch goes on from the nearest batch")
+        return samples_done // global_batch
 
     def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        return self._loader(self.val_set) if self.val_set is not None else []
 
     def test_dataloader(self):
         return self.val_dataloader()

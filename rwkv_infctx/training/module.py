@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Literal
@@ -10,13 +11,19 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..checkpoint import check_compatible, config_from_state_dict, load_pth, load_state_into, save_pth
+from ..checkpoint import (
+    check_compatible,
+    config_from_state_dict,
+    load_pth,
+    load_state_into,
+    save_pth,
+)
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..model import RWKV
 from ..ops import CTX_LEN_MULTIPLE, get_backend
 from .bptt import chunked_sample_loss
-from .optim import lr_at, param_groups
+from .optim import lr_at, make_adam, offloads_optimizer, param_groups
 
 
 class RWKVModule(L.LightningModule):
@@ -88,9 +95,10 @@ class RWKVModule(L.LightningModule):
         else:
             self.model = RWKV(cfg, wkv_backend)
             self.model.init_weights()
-        self._step_started = 0.0
-        self._tokens_in_step = 0
-        self._tokens_seen = 0  # this run's, on all devices
+        # Token counts are positions the model ran (micro-batch x padded length), on all devices.
+        self._last_batch_end: float | None = None
+        self._tokens_in_batch = 0.0
+        self._tokens_seen = 0.0
 
     # -- data checks ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -118,25 +126,45 @@ class RWKVModule(L.LightningModule):
             l2wrap=hp.l2wrap if self.training else 0.0,
         )
 
+    def on_train_start(self):
+        self._last_batch_end = None
+
     def on_train_batch_start(self, batch, batch_idx):
-        self._step_started = time.perf_counter()
+        if self._last_batch_end is None:  # first batch, or the first after a validation
+            self._last_batch_end = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
         out = self._loss(batch)
-        self.log("train/loss", out.loss, prog_bar=True)
+        # One all-reduce gives the loss over every device's tokens and the global token count.
+        totals = torch.stack([out.loss_sum.float(), out.n_tokens.float(),
+                              torch.tensor(float(batch["input_ids"].numel()), device=self.device)])
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True)
         self.log("train/chunks", float(out.n_chunks))
-        self._tokens_in_step = int(out.n_tokens)
+        self._tokens_in_batch = float(totals[2])
+        self._tokens_seen += self._tokens_in_batch  # here: checkpoint callbacks run before on_train_batch_end
         return out.loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        seconds = time.perf_counter() - self._step_started
-        tokens = self._tokens_in_step * self.trainer.world_size
-        self._tokens_seen += tokens
-        self.log("train/tokens_per_s", tokens / max(seconds, 1e-9), prog_bar=True)
-        self.log("train/tokens_seen", float(self._tokens_seen))
+        now = time.perf_counter()
+        seconds, self._last_batch_end = max(now - self._last_batch_end, 1e-9), now
+        devices = self.trainer.world_size
+        self.log("train/tokens_per_s", self._tokens_in_batch / seconds, prog_bar=True)
+        self.log("train/tokens_per_s_per_device", self._tokens_in_batch / seconds / devices)
+        self.log("train/tokens_seen", self._tokens_seen)
+        self.log("train/step_tokens", self._tokens_in_batch * self.trainer.accumulate_grad_batches)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        if self.device.type == "cuda":
+            self.log("train/peak_mem_gib", torch.cuda.max_memory_allocated(self.device) / 2**30, prog_bar=True)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokens_seen"] = self._tokens_seen
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._tokens_seen = checkpoint.get("tokens_seen", 0.0)
 
     def on_validation_epoch_start(self):
+        self._last_batch_end = None  # validation time is not training throughput
         self._val_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._val_tokens = torch.zeros((), device=self.device, dtype=torch.float64)
 
@@ -166,7 +194,8 @@ class RWKVModule(L.LightningModule):
         groups = param_groups(self.model, hp.weight_decay)
         for g in groups:
             g["lr"] = hp.lr_init * g["lr_scale"]
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr_init, betas=(hp.beta1, hp.beta2), eps=hp.adam_eps)
+        optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps,
+                              cpu_offload=offloads_optimizer(self.trainer.strategy))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
 
         def factor(step: int) -> float:
@@ -177,12 +206,25 @@ class RWKVModule(L.LightningModule):
 
     # -- export --------------------------------------------------------------------------------
     def on_train_end(self):
-        if not self.hparams.export_pth or not self.trainer.is_global_zero:
+        if not self.hparams.export_pth:
             return
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        path, n = folder / "rwkv-final.pth", 1
-        while path.exists():  # never replace the export of an earlier run
-            n += 1
-            path = folder / f"rwkv-final-{n}.pth"
-        save_pth(self.model, path)
-        rank_zero_info(f"wrote {path}")
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
+        with gathered_parameters(self.trainer.strategy, self.model):
+            if self.trainer.is_global_zero:
+                path, n = folder / "rwkv-final.pth", 1
+                while path.exists():  # never replace the export of an earlier run
+                    n += 1
+                    path = folder / f"rwkv-final-{n}.pth"
+                save_pth(self.model, path)
+                rank_zero_info(f"wrote {path}")
+
+
+def gathered_parameters(strategy, model: torch.nn.Module):
+    """Under DeepSpeed ZeRO-3 each rank holds a shard of every parameter: gather them whole
+    (on every rank, as the gather is collective) for the export; elsewhere, nothing to do."""
+    config = getattr(strategy, "config", None)
+    if isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    return contextlib.nullcontext()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
+
+from ..errors import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -42,3 +45,30 @@ def lr_at(step: int, total_steps: int, lr_init: float, lr_final: float, warmup_s
     if step < warmup_steps:
         lr *= 0.01 + 0.99 * step / warmup_steps
     return lr
+
+
+def offloads_optimizer(strategy) -> bool:
+    """True for DeepSpeed with ZeRO-Offload of the optimizer (deepspeed_stage_*_offload)."""
+    config = getattr(strategy, "config", None)
+    if not isinstance(config, dict):
+        return False
+    offload = config.get("zero_optimization", {}).get("offload_optimizer")
+    return bool(offload) and (not isinstance(offload, dict) or offload.get("device", "cpu") != "none")
+
+
+def make_adam(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
+              cpu_offload: bool = False) -> torch.optim.Optimizer:
+    """AdamW, or DeepSpeed's CPU Adam when ZeRO-Offload keeps the optimizer on the CPU
+    (DeepSpeed refuses a plain torch optimizer there)."""
+    if not cpu_offload:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    try:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=lr, betas=betas, eps=eps, adamw_mode=True)
+    except Exception as exc:  # the op is JIT-built: no compiler, no headers, ...
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(
+            "optimizer offload needs DeepSpeed's CPU-Adam op, which could not be built "
+            f"({type(exc).__name__}: {reason}); install a C++ toolchain or use a strategy without _offload"
+        ) from exc

@@ -1,0 +1,53 @@
+"""The training sampler: the same global batches on any number of devices, resumable mid-epoch.
+
+Lightning would wrap a plain sampler in a ``DistributedSampler`` that deals samples out
+round-robin, so the samples of a global batch would depend on the world size. This sampler
+fixes the order of the whole run first (a permutation seeded by ``seed + epoch``), cuts it into
+global batches of ``batch_size x world_size`` samples, and gives rank r the r-th slice of each.
+One device with batch 8 and four devices with batch 2 thus see the same samples at every step.
+
+It subclasses ``DistributedSampler`` only so that Lightning leaves it in place and calls
+``set_epoch`` on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sized
+
+import numpy as np
+from torch.utils.data import DistributedSampler
+
+
+class GlobalBatchSampler(DistributedSampler):
+    def __init__(self, dataset: Sized, batch_size: int, world_size: int = 1, rank: int = 0,
+                 shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed)
+        self.batch_size = batch_size
+        self.global_batch = batch_size * world_size
+        self.batches_per_epoch = -(-len(dataset) // self.global_batch)
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches already done in it)
+
+    def __len__(self) -> int:
+        # The whole epoch, also when resuming inside it: Lightning counts on from the batch index
+        # it restored, so the epoch still ends after `batches_per_epoch` batches.
+        return self.batches_per_epoch * self.batch_size
+
+    def resume(self, epoch: int, batches_done: int) -> None:
+        """Skip the first ``batches_done`` batches the next time ``epoch`` is iterated."""
+        self._resume_at = (epoch, batches_done)
+
+    def global_order(self) -> np.ndarray:
+        """Every sample index of this epoch, in order, padded with the epoch's first samples to whole global batches."""
+        n = len(self.dataset)
+        order = np.random.default_rng(self.seed + self.epoch).permutation(n) if self.shuffle else np.arange(n)
+        padding = self.batches_per_epoch * self.global_batch - n
+        return np.concatenate([order, np.resize(order, padding)]) if padding else order
+
+    def __iter__(self) -> Iterator[int]:
+        skip = 0
+        if self._resume_at is not None and self._resume_at[0] == self.epoch:
+            skip = self._resume_at[1]
+        self._resume_at = None
+        batches = self.global_order().reshape(self.batches_per_epoch, self.global_batch)
+        mine = batches[skip:, self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+        return iter(mine.reshape(-1).tolist())

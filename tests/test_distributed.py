@@ -1,0 +1,49 @@
+"""DDP on CPU (gloo): two processes with half the batch each train exactly like one process.
+
+The global batch is the same samples on any number of devices (``GlobalBatchSampler``) and DDP
+averages the two halves' gradients, so losses and weights agree up to float summation order.
+"""
+
+import csv
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
+        "--model.lr_init", "1e-2", "--model.warmup_steps", "0", "--data.sample_len", "64", "--data.test_split", "0",
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1",
+        "--trainer.limit_val_batches", "0", "--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
+
+
+def fit(out: Path, *args) -> tuple[list[float], dict, list[dict]]:
+    proc = subprocess.run([sys.executable, "lightning_trainer.py", "fit", "-c", "config-example.yaml", *TINY, *args,
+                           "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (metrics,) = glob.glob(str(out / "**" / "metrics.csv"), recursive=True)
+    rows = list(csv.DictReader(open(metrics)))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    (pth,) = glob.glob(str(out / "**" / "rwkv-final.pth"), recursive=True)
+    return losses, torch.load(pth, weights_only=True), rows
+
+
+def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    one_losses, one_weights, _ = fit(tmp_path / "one", "--data.batch_size", "4")
+    two_losses, two_weights, rows = fit(tmp_path / "two", "--data.batch_size", "2", "--trainer.strategy", "ddp",
+                                        "--trainer.devices", "2")
+    assert len(one_losses) == len(two_losses) == 4
+    assert two_losses == pytest.approx(one_losses, rel=1e-5)
+    assert one_weights.keys() == two_weights.keys()
+    for name, weight in one_weights.items():
+        torch.testing.assert_close(two_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
+    assert one_losses[-1] < one_losses[0] - 0.1  # the weights moved: their agreement means something
+    last = rows[-1]
+    tokens_per_step = 4 * 64  # global batch 4 samples x 64 positions, whatever the device count
+    assert float(last["train/step_tokens"]) == tokens_per_step
+    assert float(last["train/tokens_seen"]) == 4 * tokens_per_step
+    assert float(last["train/tokens_per_s"]) == pytest.approx(2 * float(last["train/tokens_per_s_per_device"]))

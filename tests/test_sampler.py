@@ -1,0 +1,49 @@
+"""The training sampler: identical global batches on any number of devices, resumable mid-epoch."""
+
+import numpy as np
+import pytest
+
+from rwkv_infctx.data.sampler import GlobalBatchSampler
+
+
+def batches(sampler: GlobalBatchSampler) -> list[list[int]]:
+    ids = list(sampler)
+    return [ids[i:i + sampler.batch_size] for i in range(0, len(ids), sampler.batch_size)]
+
+
+def global_batches(n: int, batch_size: int, world_size: int, epoch: int = 0, **kw) -> list[list[int]]:
+    """Per step, the samples of all ranks together (rank 0's first)."""
+    per_rank = []
+    for rank in range(world_size):
+        sampler = GlobalBatchSampler(range(n), batch_size, world_size, rank, **kw)
+        sampler.set_epoch(epoch)
+        per_rank.append(batches(sampler))
+    return [sum(step, []) for step in zip(*per_rank)]
+
+
+@pytest.mark.parametrize("n", [24, 23, 5])
+def test_global_batches_do_not_depend_on_the_number_of_devices(n):
+    one = global_batches(n, batch_size=8, world_size=1)
+    assert global_batches(n, batch_size=4, world_size=2) == one
+    assert global_batches(n, batch_size=2, world_size=4) == one
+    assert len(one) == -(-n // 8)
+    assert set(sum(one, [])) == set(range(n))  # every sample, the last batch topped up from the start
+
+
+def test_epochs_reshuffle_with_the_seed_and_sort_by_length_keeps_order():
+    first, second = global_batches(32, 4, 2, epoch=0, seed=3), global_batches(32, 4, 2, epoch=1, seed=3)
+    assert first != second and sorted(sum(first, [])) == sorted(sum(second, []))
+    assert global_batches(32, 4, 2, epoch=0, seed=3) == first
+    assert sum(global_batches(10, 2, 1, shuffle=False), []) == list(range(10))
+
+
+def test_resume_skips_the_batches_already_done_in_that_epoch_only():
+    sampler = GlobalBatchSampler(range(20), batch_size=2, world_size=2, rank=1, seed=0)
+    full = batches(sampler)
+    sampler.resume(epoch=0, batches_done=3)
+    assert len(sampler) == 5 * 2  # Lightning still sees the whole epoch
+    assert batches(sampler) == full[3:]
+    assert batches(sampler) == full  # one-shot: the next pass is whole again
+    sampler.resume(epoch=1, batches_done=3)
+    assert batches(sampler) == full  # epoch 0 is not the epoch that was cut short
+    assert np.array_equal(sampler.global_order()[:4], np.random.default_rng(0).permutation(20)[:4])
