@@ -24,6 +24,7 @@ from ..model import RWKV
 from ..ops import CTX_LEN_MULTIPLE, get_backend
 from .bptt import chunked_sample_loss
 from .optim import lr_at, make_adam, offloads_optimizer, param_groups
+from .plot import LossCurve
 
 
 class RWKVModule(L.LightningModule):
@@ -49,6 +50,7 @@ class RWKVModule(L.LightningModule):
         weight_decay: float = 0.0,
         l2wrap: float = 1e-4,
         export_pth: bool = True,
+        plot_loss: bool = True,
     ):
         """RWKV language model trained with infinite context (chunked BPTT).
 
@@ -75,6 +77,7 @@ class RWKVModule(L.LightningModule):
             weight_decay: Decoupled weight decay, applied to 2-D weight matrices only.
             l2wrap: Factor of BlinkDL's L2Wrap regulariser on the largest logit (0 disables it).
             export_pth: At the end of fit, write the model as a BlinkDL-format rwkv-final.pth in the log folder.
+            plot_loss: At the end of fit, draw the train/validation loss curve as loss.png in the log folder.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -203,6 +206,9 @@ class RWKVModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_callbacks(self):
+        return [LossCurve()] if self.hparams.plot_loss else []
 
     # -- export --------------------------------------------------------------------------------
     def on_train_end(self):

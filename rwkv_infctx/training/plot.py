@@ -1,0 +1,109 @@
+"""The loss curve as a PNG, for users who would rather look than read.
+
+``LossCurve`` (added by RWKVModule when ``plot_loss`` is on) collects train and validation loss
+while fitting, whatever the logger, and writes ``loss.png`` next to the run's logs at the end.
+For an earlier run: ``python -m rwkv_infctx.training.plot out/run/version_0/metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
+
+Curve = list[tuple[int, float]]
+
+
+def plot_losses(train: Curve, val: Curve, path: str | Path, title: str = "") -> Path | None:
+    """Train loss per optimizer step (raw and smoothed) and validation loss. None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # no display on training machines
+        import matplotlib.pyplot as plt
+    except ImportError:
+        rank_zero_warn("loss curve: matplotlib is not installed (pip install matplotlib); no PNG written")
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, linewidth=0.8, label="train (per step)")
+        ax.plot(steps, smooth(losses), color="tab:blue", label="train (smoothed)")
+    if val:
+        ax.plot(*zip(*val), "o-", color="tab:orange", label="validation")
+    ax.set_xlabel("optimizer step (trainer.global_step)")
+    ax.set_ylabel("cross-entropy (nats per token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def smooth(values, weight: float = 0.9) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing)."""
+    out, avg = [], 0.0
+    for i, v in enumerate(values, start=1):
+        avg = weight * avg + (1 - weight) * v
+        out.append(avg / (1 - weight**i))
+    return out
+
+
+class LossCurve(L.Callback):
+    """Writes <log dir>/loss.png when fit ends (rank 0)."""
+
+    def __init__(self, filename: str = "loss.png"):
+        self.filename = filename
+        self.train: Curve = []
+        self.val: Curve = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None and trainer.is_global_zero:
+            self.train.append((trainer.global_step, float(loss)))
+
+    def on_validation_end(self, trainer, pl_module):
+        loss = trainer.callback_metrics.get("val/loss")
+        if loss is not None and trainer.is_global_zero and not trainer.sanity_checking and math.isfinite(loss):
+            self.val.append((trainer.global_step, float(loss)))
+
+    def on_train_end(self, trainer, pl_module):
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        if trainer.is_global_zero and self.train:
+            plot_losses(self.train, self.val, folder / self.filename, title=folder.as_posix())
+
+
+def read_metrics_csv(path: str | Path) -> tuple[Curve, Curve]:
+    train, val = [], []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for key, curve in (("train/loss", train), ("val/loss", val)):
+                if row.get(key):
+                    curve.append((int(row["step"]), float(row[key])))
+    return train, val
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Plot train/val loss from a CSVLogger metrics.csv")
+    parser.add_argument("metrics_csv")
+    parser.add_argument("--out", help="PNG path (default: loss.png beside the CSV)")
+    args = parser.parse_args(argv)
+    train, val = read_metrics_csv(args.metrics_csv)
+    if not train and not val:
+        raise SystemExit(f"error: {args.metrics_csv} has no train/loss or val/loss column values")
+    out = plot_losses(train, val, args.out or Path(args.metrics_csv).with_name("loss.png"), args.metrics_csv)
+    if out is None:
+        raise SystemExit("error: install matplotlib to plot (pip install matplotlib)")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
