@@ -1,0 +1,64 @@
+"""DeepSpeed ZeRO 1/2/3 (and offload) through Lightning on one GPU: train, resume, export (marker gpu).
+
+Lightning's DeepSpeed strategy refuses a CPU, so these run only where CUDA is available; on the
+CPU, tests/test_export_deepspeed.py covers the checkpoint-folder export.
+"""
+
+import csv
+import glob
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--model.n_layer", "2", "--model.n_embd", "128", "--model.head_size", "64", "--model.ctx_len", "64",
+        "--model.lr_init", "3e-3", "--model.warmup_steps", "0", "--data.sample_len", "256", "--data.batch_size", "2",
+        "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",
+        "--trainer.max_steps", "6", "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.callbacks", "null", "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "-1"]
+STAGES = ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
+          "deepspeed_stage_3_offload"]
+
+
+def run(*args):
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def fit(out: Path, strategy: str, *args) -> list[dict]:
+    run("lightning_trainer.py", "fit", "-c", "config-example.yaml", *TINY, "--trainer.strategy", strategy,
+        "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out), *args)
+    metrics = sorted(glob.glob(str(out / "**" / "metrics.csv"), recursive=True))[-1]
+    return [r for r in csv.DictReader(open(metrics)) if r.get("train/loss")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", STAGES)
+def test_deepspeed_stage_trains_resumes_and_exports(tmp_path, strategy):
+    rows = fit(tmp_path, strategy)
+    losses = [float(r["train/loss"]) for r in rows]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    peak = max(float(r["train/peak_mem_gib"]) for r in rows)
+    print(f"{strategy}: peak {peak:.3f} GiB, losses {losses}")
+
+    # the checkpoint is a DeepSpeed folder; the export of it equals the rwkv-final.pth of the run
+    folders = sorted(p for p in glob.glob(str(tmp_path / "**" / "*step=6.ckpt"), recursive=True))
+    assert folders and Path(folders[0]).is_dir()
+    exported = tmp_path / "exported.pth"
+    run("export_checkpoint.py", folders[0], str(exported))
+    (final,) = glob.glob(str(tmp_path / "**" / "rwkv-final.pth"), recursive=True)
+    a, b = torch.load(exported, weights_only=True), torch.load(final, weights_only=True)
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name].float(), b[name].float(), rtol=1e-2, atol=1e-3, msg=name)
+
+    # resume from the step-3 folder: the same steps 3..5 as the uninterrupted run (bf16: loose)
+    (step3,) = glob.glob(str(tmp_path / "**" / "*step=3.ckpt"), recursive=True)
+    resumed = fit(tmp_path / "resumed", strategy, "--ckpt_path", step3)
+    assert [int(r["step"]) for r in resumed] == [3, 4, 5]
+    assert [float(r["train/loss"]) for r in resumed] == pytest.approx(losses[3:], rel=2e-2)
