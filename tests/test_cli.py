@@ -117,3 +117,24 @@ def test_load_model_of_another_version(capsys, tmp_path):
     init_main(["--version", "x060", "--n_layer", "1", "--n_embd", "32", "--head_size", "16", str(pth)])
     message = one_line_error(["--model.load_model", str(pth)], capsys, tmp_path)
     assert "has version=x060 but the config says model.version=x070" in message
+
+
+NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks what happens without a GPU")
+
+
+@NO_GPU
+@pytest.mark.parametrize("backend", ["cuda", "fla"])
+def test_gpu_backend_on_a_cpu_is_one_line_error_or_the_chosen_fallback(backend, capsys, tmp_path):
+    message = one_line_error(["--model.wkv_backend", backend], capsys, tmp_path)
+    assert f"model.wkv_backend={backend} cannot run here" in message and "chunked" in message
+    from rwkv_infctx.training.module import RWKVModule
+    with pytest.warns(UserWarning, match="using chunked instead"):
+        module = RWKVModule(n_layer=1, n_embd=32, head_size=16, vocab_size=64, wkv_backend=backend,
+                            wkv_fallback="chunked")
+    assert module.model.blocks[0].att.wkv_backend == "chunked"
+
+
+@NO_GPU
+def test_deepspeed_on_a_cpu_is_one_line_error(capsys, tmp_path):
+    message = one_line_error(["--trainer.strategy", "deepspeed_stage_2"], capsys, tmp_path)
+    assert "DeepSpeed runs on CUDA GPUs only" in message

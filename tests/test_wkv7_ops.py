@@ -56,7 +56,7 @@ def test_reference_hand_computed_single_token():
     assert torch.allclose(state.view(2, 2), torch.tensor([[1.5, 2.0], [-3.0, -4.0]]))
 
 
-@pytest.mark.parametrize("backend", sorted(BACKENDS))
+@pytest.mark.parametrize("backend", sorted(name for name, b in BACKENDS.items() if b.available() is None))
 @pytest.mark.parametrize("T", [16, 15, 63], ids=lambda t: f"T{t}")
 def test_state_round_trip(backend, T):
     """T tokens at once == T/2 then the rest with the state carried (fp32, atol 1e-5)."""

@@ -21,7 +21,7 @@ from ..checkpoint import (
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..model import RWKV
-from ..ops import CTX_LEN_MULTIPLE, get_backend
+from ..ops import CTX_LEN_MULTIPLE, resolve_backend
 from .bptt import chunked_sample_loss
 from .optim import lr_at, make_adam, offloads_optimizer, param_groups
 from .plot import LossCurve
@@ -41,6 +41,7 @@ class RWKVModule(L.LightningModule):
         recompute_chunks: bool = True,
         load_model: str | None = None,
         wkv_backend: str = "chunked",
+        wkv_fallback: str | None = None,
         lr_init: float = 6e-4,
         lr_final: float = 6e-5,
         warmup_steps: int = 10,
@@ -67,7 +68,11 @@ class RWKVModule(L.LightningModule):
             recompute_chunks: Recompute each chunk in the backward pass so that memory stays flat
                 in the sample length (only chunk-boundary states are kept).
             load_model: A BlinkDL-format .pth to start from (finetuning); null starts from the official init.
-            wkv_backend: WKV implementation: chunked (pure PyTorch, default) or reference (per-token loop).
+            wkv_backend: WKV implementation: chunked (pure PyTorch, any device, default), reference
+                (per-token loop, the oracle), cuda (our CUDA kernels, JIT-built; needs nvcc and
+                ninja) or fla (flash-linear-attention's Triton kernels; pip install flash-linear-attention).
+            wkv_fallback: The backend to use, with a warning, when wkv_backend cannot run on this
+                machine (e.g. chunked); null makes that a one-line error instead.
             lr_init: Peak learning rate (after warmup).
             lr_final: Learning rate at the last step (cosine decay from lr_init).
             warmup_steps: Optimizer steps of linear warmup from 1% of lr_init.
@@ -86,7 +91,7 @@ class RWKVModule(L.LightningModule):
                 f"model.ctx_len={ctx_len} must be a positive multiple of {CTX_LEN_MULTIPLE} "
                 f"(the WKV kernels' chunk length), e.g. {max(CTX_LEN_MULTIPLE, ctx_len // CTX_LEN_MULTIPLE * CTX_LEN_MULTIPLE)}"
             )
-        get_backend(wkv_backend)
+        wkv_backend = resolve_backend(wkv_backend, wkv_fallback)
         cfg = ModelConfig(version=version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size,
                           head_size=head_size, dim_ffn=dim_ffn)
         if load_model:
