@@ -45,15 +45,10 @@ __global__ void forward_kernel(int T, int H, const F* __restrict__ r, const floa
     __shared__ ForwardToken tokens[2];
 
     float S[N];  // S[i] = state[i][j]
-#pragma unroll
-    for (int i = 0; i < N; i++) S[i] = s0 ? s0[matrix_offset(bh) + i * N + j] : 0.f;
+    load_column(S, s0 ? s0 + matrix_offset(bh) : nullptr, j);
 
     for (int t = 0; t < T; t++) {
-        if (ckpt && t % CHUNK == 0) {
-            float* saved = ckpt + matrix_offset(int64_t(bh) * num_chunks(T) + t / CHUNK);
-#pragma unroll
-            for (int i = 0; i < N; i++) saved[i * N + j] = S[i];
-        }
+        if (ckpt && t % CHUNK == 0) store_column(ckpt + checkpoint_offset(bh, T, t / CHUNK), S, j);
         const int64_t at = token_offset(batch, t, T, H, head) + j;
         ForwardToken& x = tokens[t & 1];
         x.r[j] = to_float(r[at]);
@@ -76,8 +71,7 @@ __global__ void forward_kernel(int T, int H, const F* __restrict__ r, const floa
         }
         out[at] = from_float<F>(o);
     }
-#pragma unroll
-    for (int i = 0; i < N; i++) sT[matrix_offset(bh) + i * N + j] = S[i];
+    store_column(sT + matrix_offset(bh), S, j);
 }
 
 template <typename F>
@@ -109,7 +103,7 @@ __global__ void backward_kernel(int T, int H, const F* __restrict__ r, const flo
 
         // Replay the chunk from its checkpoint. Row `me` of the next state needs only this
         // thread's d, k, b and the full v and sa vectors, which the forward pass saved.
-        const float* saved = ckpt + matrix_offset(int64_t(bh) * num_chunks(T) + c);
+        const float* saved = ckpt + checkpoint_offset(bh, T, c);
 #pragma unroll
         for (int n = 0; n < N; n++) S[n] = saved[me * N + n];
         for (int t = t0; t < t1; t++) {

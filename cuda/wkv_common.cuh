@@ -59,6 +59,22 @@ __device__ __forceinline__ int64_t token_offset(int b, int t, int T, int H, int 
 // Offset of the (N, N) matrix number `index` (b * H + h, or a checkpoint number) in a stack of them.
 __device__ __forceinline__ int64_t matrix_offset(int64_t index) { return index * N * N; }
 
+// Offset of the state checkpoint taken at the start of chunk c of sequence-head bh.
+__device__ __forceinline__ int64_t checkpoint_offset(int bh, int T, int c) {
+    return matrix_offset(int64_t(bh) * num_chunks(T) + c);
+}
+
+// A thread keeps one column j of an (N, N) matrix in registers: in from memory (zeros when there
+// is no matrix, i.e. no initial state) and back out.
+__device__ __forceinline__ void load_column(float (&column)[N], const float* matrix, int j) {
+#pragma unroll
+    for (int i = 0; i < N; i++) column[i] = matrix ? matrix[i * N + j] : 0.f;
+}
+__device__ __forceinline__ void store_column(float* matrix, const float (&column)[N], int j) {
+#pragma unroll
+    for (int i = 0; i < N; i++) matrix[i * N + j] = column[i];
+}
+
 template <typename T>
 struct identity {
     using type = T;

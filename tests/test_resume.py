@@ -59,7 +59,7 @@ def fit(root: Path, source: str, accumulate: int, ckpt_path=None, stop_at=None, 
             for r in rows if r.get("train/loss")]
 
 
-@pytest.mark.parametrize("accumulate,stop_at", [(1, 3), (2, 2)])
+@pytest.mark.parametrize("accumulate,stop_at", [(1, 3), (2, 2), (1, 6)])  # 6: at the epoch boundary
 def test_resumed_run_continues_the_uninterrupted_loss_curve(tmp_path, accumulate, stop_at):
     source = small_corpus(tmp_path)
     whole = fit(tmp_path / "whole", source, accumulate)
