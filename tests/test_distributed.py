@@ -15,9 +15,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
-        "--model.lr_init", "1e-2", "--model.warmup_steps", "0", "--data.sample_len", "64", "--data.test_split", "0",
+        "--model.lr_init", "1e-2", "--model.warmup_steps", "0", "--data.sample_len", "64", "--data.test_split", "5",
         "--trainer.accelerator", "cpu", "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1",
-        "--trainer.limit_val_batches", "0", "--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
+        "--trainer.val_check_interval", "2", "--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
+
+
+def fit_rows(out: Path) -> list[dict]:
+    (metrics,) = glob.glob(str(out / "**" / "metrics.csv"), recursive=True)
+    return list(csv.DictReader(open(metrics)))
 
 
 def fit(out: Path, *args) -> tuple[list[float], dict, list[dict]]:
@@ -25,8 +30,7 @@ def fit(out: Path, *args) -> tuple[list[float], dict, list[dict]]:
                            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (metrics,) = glob.glob(str(out / "**" / "metrics.csv"), recursive=True)
-    rows = list(csv.DictReader(open(metrics)))
+    rows = fit_rows(out)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     (pth,) = glob.glob(str(out / "**" / "rwkv-final.pth"), recursive=True)
     return losses, torch.load(pth, weights_only=True), rows
@@ -42,7 +46,10 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     for name, weight in one_weights.items():
         torch.testing.assert_close(two_weights[name], weight, rtol=1e-4, atol=1e-5, msg=name)
     assert one_losses[-1] < one_losses[0] - 0.1  # the weights moved: their agreement means something
-    last = rows[-1]
+    one_val = [float(r["val/loss"]) for r in fit_rows(tmp_path / "one") if r.get("val/loss")]
+    two_val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert len(one_val) == 2 and two_val == pytest.approx(one_val, rel=1e-5)  # 5 samples: 3 on rank 0, 2 on rank 1
+    last = [r for r in rows if r.get("train/loss")][-1]
     tokens_per_step = 4 * 64  # global batch 4 samples x 64 positions, whatever the device count
     assert float(last["train/step_tokens"]) == tokens_per_step
     assert float(last["train/tokens_seen"]) == 4 * tokens_per_step

@@ -47,3 +47,11 @@ def test_resume_skips_the_batches_already_done_in_that_epoch_only():
     sampler.resume(epoch=1, batches_done=3)
     assert batches(sampler) == full  # epoch 0 is not the epoch that was cut short
     assert np.array_equal(sampler.global_order()[:4], np.random.default_rng(0).permutation(20)[:4])
+
+
+def test_validation_shards_cover_every_sample_once():
+    from rwkv_infctx.data.sampler import ShardSampler
+
+    shards = [list(ShardSampler(range(7), world_size=3, rank=r)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(7))
+    assert [len(ShardSampler(range(7), 3, r)) for r in range(3)] == [3, 2, 2]

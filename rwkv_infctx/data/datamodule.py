@@ -16,7 +16,7 @@ from ..ops import CTX_LEN_MULTIPLE
 from .formats import ColumnSpec, Format, FormatConfig
 from .packing import Sample
 from .pipeline import DataSpec, load_or_build
-from .sampler import GlobalBatchSampler
+from .sampler import GlobalBatchSampler, ShardSampler
 from .sources import binidx_prefix
 from .tokenizer import load_tokenizer
 
@@ -174,9 +174,12 @@ class RWKVDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
                           collate_fn=collate_samples, num_workers=self.hparams.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
+    def _world(self) -> tuple[int, int]:
         trainer = self.trainer
-        world_size, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_dataloader(self) -> DataLoader:
+        world_size, rank = self._world()
         sampler = GlobalBatchSampler(self.train_set, self.hparams.batch_size, world_size, rank,
                                      shuffle=not self.hparams.sort_by_length, seed=self.hparams.seed)
         if self._resume:
@@ -204,7 +207,7 @@ class RWKVDataModule(L.LightningDataModule):
         return samples_done // global_batch
 
     def val_dataloader(self):
-        return self._loader(self.val_set) if self.val_set is not None else []
+        return self._loader(self.val_set, ShardSampler(self.val_set, *self._world())) if self.val_set is not None else []
 
     def test_dataloader(self):
         return self.val_dataloader()

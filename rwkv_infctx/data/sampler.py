@@ -51,3 +51,20 @@ class GlobalBatchSampler(DistributedSampler):
         batches = self.global_order().reshape(self.batches_per_epoch, self.global_batch)
         mine = batches[skip:, self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         return iter(mine.reshape(-1).tolist())
+
+
+class ShardSampler(DistributedSampler):
+    """Validation: rank r takes samples r, r + world_size, ... in order, each sample exactly once.
+
+    Lightning's default would top up the last round with repeats, which counts those samples
+    twice in the validation loss; here the ranks may simply get one batch more or less.
+    """
+
+    def __init__(self, dataset: Sized, world_size: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
