@@ -54,3 +54,31 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     assert float(last["train/step_tokens"]) == tokens_per_step
     assert float(last["train/tokens_seen"]) == 4 * tokens_per_step
     assert float(last["train/tokens_per_s"]) == pytest.approx(2 * float(last["train/tokens_per_s_per_device"]))
+
+
+def _pad_worker(rank: int, port: int, results):
+    import torch.distributed as dist
+
+    from rwkv_infctx.training.module import pad_to_longest_across_ranks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    T = 32 * (rank + 1)
+    batch = {"input_ids": torch.ones(2, T, dtype=torch.long), "targets": torch.ones(2, T, dtype=torch.long),
+             "mask": torch.ones(2, T)}
+    padded = pad_to_longest_across_ranks(batch)
+    results[rank] = (tuple(padded["input_ids"].shape), float(padded["mask"].sum()), int(padded["targets"][:, T:].sum()))
+    dist.destroy_process_group()
+
+
+def test_zero3_batches_are_padded_to_the_longest_rank_with_untrained_positions():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_pad_worker, args=(port, results), nprocs=2)
+    # both ranks run 64 positions (= the same number of chunks); the added ones are masked out
+    assert dict(results) == {0: ((2, 64), 2 * 32.0, 0), 1: ((2, 64), 2 * 64.0, 0)}

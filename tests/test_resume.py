@@ -11,11 +11,12 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from rwkv_infctx.data.datamodule import DEFAULT_SOURCE, RWKVDataModule
 from rwkv_infctx.training.module import RWKVModule
 
-MAX_STEPS = 7
+MAX_STEPS = 9
 
 
 class StopAtStep(L.Callback):
@@ -38,17 +39,29 @@ def small_corpus(tmp_path: Path) -> str:
     return str(path)
 
 
-def fit(root: Path, source: str, accumulate: int, ckpt_path=None, stop_at=None, save_every=None) -> dict:
+class RestoreAfterSetup(SingleDeviceStrategy):
+    """Restores the checkpoint after building the train loader, as DeepSpeed and FSDP do."""
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True
+
+
+def fit(root: Path, source: str, accumulate: int, ckpt_path=None, stop_at=None, save_every=None, workers=0,
+        deepspeed_like=False) -> dict:
     L.seed_everything(0)
     module = RWKVModule(n_layer=1, n_embd=32, head_size=16, ctx_len=32, lr_init=1e-2, lr_final=1e-3,
-                        warmup_steps=2, export_pth=False)
-    data = RWKVDataModule(source=source, batch_size=2, sample_len=64, test_split=0, seed=5)
+                        warmup_steps=2, export_pth=False, plot_loss=False)
+    data = RWKVDataModule(source=source, batch_size=2, sample_len=64, test_split=0, seed=5, num_workers=workers)
+    # max_epochs makes Lightning count the steps from the train loader while configuring the
+    # optimizer, which a DeepSpeed-like strategy does before it restores the checkpoint
+    limits = {"strategy": RestoreAfterSetup("cpu"), "max_epochs": 2, "max_steps": -1} if deepspeed_like else {}
     callbacks = [StopAtStep(stop_at)] if stop_at else []
     if save_every:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=save_every,
                                                              save_top_k=-1))
     logger = L.pytorch.loggers.CSVLogger(root, name="log")
-    trainer = L.Trainer(max_steps=MAX_STEPS, accelerator="cpu", logger=logger, log_every_n_steps=1,
+    trainer = L.Trainer(**{"max_steps": MAX_STEPS, **limits}, accelerator="cpu", logger=logger, log_every_n_steps=1,
                         callbacks=callbacks, enable_checkpointing=bool(save_every), enable_progress_bar=False,
                         enable_model_summary=False, gradient_clip_val=1.0, limit_val_batches=0,
                         accumulate_grad_batches=accumulate)
@@ -59,17 +72,20 @@ def fit(root: Path, source: str, accumulate: int, ckpt_path=None, stop_at=None, 
             for r in rows if r.get("train/loss")]
 
 
-@pytest.mark.parametrize("accumulate,stop_at", [(1, 3), (2, 2), (1, 6)])  # 6: at the epoch boundary
-def test_resumed_run_continues_the_uninterrupted_loss_curve(tmp_path, accumulate, stop_at):
+# 6 batches per epoch: stop in epoch 0, at its end, or in epoch 1; with DataLoader workers (which
+# draw samples before Lightning sets the epoch); with the restore order of DeepSpeed/FSDP.
+@pytest.mark.parametrize("accumulate,stop_at,workers,deepspeed_like", [
+    (1, 3, 0, False), (2, 2, 0, False), (1, 6, 0, False), (1, 6, 2, False), (1, 8, 2, False), (1, 3, 0, True)])
+def test_resumed_run_continues_the_uninterrupted_loss_curve(tmp_path, accumulate, stop_at, workers, deepspeed_like):
     source = small_corpus(tmp_path)
-    whole = fit(tmp_path / "whole", source, accumulate)
-    first = fit(tmp_path / "cut", source, accumulate, stop_at=stop_at, save_every=stop_at)
-    ckpt = tmp_path / "cut" / "ckpt" / f"epoch=0-step={stop_at}.ckpt"
-    assert ckpt.is_file()
-    rest = fit(tmp_path / "cut", source, accumulate, ckpt_path=str(ckpt))
+    options = {"workers": workers, "deepspeed_like": deepspeed_like}
+    whole = fit(tmp_path / "whole", source, accumulate, **options)
+    first = fit(tmp_path / "cut", source, accumulate, stop_at=stop_at, save_every=stop_at, **options)
+    (ckpt,) = (tmp_path / "cut" / "ckpt").glob(f"epoch=*-step={stop_at}.ckpt")
+    rest = fit(tmp_path / "cut", source, accumulate, ckpt_path=str(ckpt), **options)
     assert first == whole[:len(first)]
     assert rest[0][0] == stop_at and len(first) + len(rest) == len(whole)
-    assert whole[-1][0] == MAX_STEPS - 1
+    assert whole[-1][0] == (11 if deepspeed_like else MAX_STEPS - 1)  # 2 epochs of 6 steps, or MAX_STEPS
     for resumed, uninterrupted in zip(rest, whole[len(first):]):
         # same step, and loss, lr and token count equal to 1e-6 (the CPU runs are deterministic)
         assert resumed[0] == uninterrupted[0]

@@ -37,21 +37,32 @@ def test_epochs_reshuffle_with_the_seed_and_sort_by_length_keeps_order():
     assert sum(global_batches(10, 2, 1, shuffle=False), []) == list(range(10))
 
 
-def test_resume_skips_the_batches_already_done_in_that_epoch_only():
+def test_resume_starts_inside_the_epoch_of_the_checkpoint():
     sampler = GlobalBatchSampler(range(20), batch_size=2, world_size=2, rank=1, seed=0)
-    full = batches(sampler)
+    epoch0 = batches(sampler)
     sampler.resume(epoch=0, batches_done=3)
     assert len(sampler) == 5 * 2  # Lightning still sees the whole epoch
-    assert batches(sampler) == full[3:]
-    assert batches(sampler) == full  # one-shot: the next pass is whole again
-    sampler.resume(epoch=1, batches_done=3)
-    assert batches(sampler) == full  # epoch 0 is not the epoch that was cut short
-    assert np.array_equal(sampler.global_order()[:4], np.random.default_rng(0).permutation(20)[:4])
+    assert batches(sampler) == epoch0[3:]
+    assert batches(sampler) == epoch0  # one-shot: the next pass is whole again
+    sampler.set_epoch(1)
+    epoch1 = batches(sampler)
+    assert epoch1 != epoch0
+
+    fresh = GlobalBatchSampler(range(20), batch_size=2, world_size=2, rank=1, seed=0)
+    fresh.resume(epoch=1, batches_done=2)  # sets the epoch: workers may draw before set_epoch
+    assert batches(fresh) == epoch1[2:]
+    fresh.resume(epoch=0, batches_done=5)  # a checkpoint at the end of epoch 0: epoch 1, whole
+    assert fresh.epoch == 1 and batches(fresh) == epoch1
+    assert np.array_equal(fresh.global_order()[:4], np.random.default_rng(1).permutation(20)[:4])
 
 
-def test_validation_shards_cover_every_sample_once():
+def test_validation_shards_cover_every_sample_once_in_equal_numbers():
+    from rwkv_infctx.data.datamodule import TokenSamples
     from rwkv_infctx.data.sampler import ShardSampler
 
     shards = [list(ShardSampler(range(7), world_size=3, rank=r)) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(7))
-    assert [len(ShardSampler(range(7), 3, r)) for r in range(3)] == [3, 2, 2]
+    assert shards == [[0, 3, 6], [1, 4, 7], [2, 5, 7]]  # 7: the filler index, len(dataset)
+    assert [len(ShardSampler(range(7), 3, r)) for r in range(3)] == [3, 3, 3]
+    samples = TokenSamples([(np.arange(5), np.ones(5, dtype=bool)), (np.arange(3), np.ones(3, dtype=bool))])
+    ids, train = samples[2]
+    assert np.array_equal(ids, np.arange(5)) and not train.any()  # shaped like a sample, trains nothing

@@ -31,6 +31,9 @@ class TokenSamples(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Sample:
+        if i == len(self.samples):  # ShardSampler's filler: a real sample's shape, nothing trained
+            ids, train = self.samples[0]
+            return ids, np.zeros(len(train), dtype=bool)
         return self.samples[i]
 
 
@@ -197,7 +200,14 @@ class RWKVDataModule(L.LightningDataModule):
                 "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":  # validate/test restore it too: not theirs
+            return
         self._resume = dict(state_dict) or None
+        if self._resume and trainer.fit_loop._combined_loader is not None:
+            # DeepSpeed and FSDP restore after building the train loader (to count the steps):
+            # make Lightning ask for it again, so that it starts where the checkpoint stopped.
+            trainer.fit_loop._combined_loader = None
 
     def _batches_to_skip(self, global_batch: int) -> int:
         samples_done = self._resume["batches_done"] * self._resume["global_batch"]

@@ -33,7 +33,14 @@ class GlobalBatchSampler(DistributedSampler):
         return self.batches_per_epoch * self.batch_size
 
     def resume(self, epoch: int, batches_done: int) -> None:
-        """Skip the first ``batches_done`` batches the next time ``epoch`` is iterated."""
+        """Start inside ``epoch``, after its first ``batches_done`` batches.
+
+        Sets the epoch too: Lightning may draw the first iterator (and DataLoader workers prefetch
+        from it at once) before it calls ``set_epoch`` on a resumed run.
+        """
+        if batches_done >= self.batches_per_epoch:  # the checkpoint closed that epoch
+            epoch, batches_done = epoch + 1, 0
+        self.set_epoch(epoch)
         self._resume_at = (epoch, batches_done)
 
     def global_order(self) -> np.ndarray:
@@ -54,17 +61,21 @@ class GlobalBatchSampler(DistributedSampler):
 
 
 class ShardSampler(DistributedSampler):
-    """Validation: rank r takes samples r, r + world_size, ... in order, each sample exactly once.
+    """Validation: rank r takes samples r, r + world_size, ... in order, each sample once.
 
-    Lightning's default would top up the last round with repeats, which counts those samples
-    twice in the validation loss; here the ranks may simply get one batch more or less.
+    Every rank must run as many batches as the others (ZeRO-3 gathers parameters in each
+    forward), so short shards are topped up, as Lightning's default does, but with the index
+    ``len(dataset)``: ``TokenSamples`` answers it with a sample that has no trained token, so
+    no sample counts twice in the validation loss.
     """
 
     def __init__(self, dataset: Sized, world_size: int = 1, rank: int = 0):
         super().__init__(dataset, num_replicas=world_size, rank=rank, shuffle=False)
 
     def __len__(self) -> int:
-        return len(range(self.rank, len(self.dataset), self.num_replicas))
+        return -(-len(self.dataset) // self.num_replicas)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+        n = len(self.dataset)
+        mine = list(range(self.rank, n, self.num_replicas))
+        return iter(mine + [n] * (len(self) - len(mine)))

@@ -42,10 +42,10 @@ def _require_available() -> None:
         raise ConfigError(f"model.wkv_backend=fla cannot run here: {reason}; use wkv_backend: chunked")
 
 
-def _call(fn, **kwargs) -> tuple[Tensor, Tensor]:
-    if "head_first" in inspect.signature(fn).parameters:  # fla < 0.5 still has the switch
-        kwargs["head_first"] = False
-    out, state = fn(scale=1.0, output_final_state=True, **kwargs)
+def _call(fn, *tensors, initial_state) -> tuple[Tensor, Tensor]:
+    # by position: fla 0.1 named rwkv6's arguments q, k, v, g, u, later releases r, k, v, w, u
+    kwargs = {"head_first": False} if "head_first" in inspect.signature(fn).parameters else {}  # fla < 0.5
+    out, state = fn(*tensors, scale=1.0, initial_state=initial_state, output_final_state=True, **kwargs)
     return out, state.float()
 
 
@@ -60,7 +60,7 @@ def wkv7_fla(r, w, k, v, a, b, initial_state=None) -> tuple[Tensor, Tensor]:
 
     dtype = r.dtype
     k, v, a, b = (x.to(dtype) for x in (k, v, a, b))
-    return _call(chunk_rwkv7, r=r, w=w.float(), k=k, v=v, a=a, b=b, initial_state=_initial_state(initial_state))
+    return _call(chunk_rwkv7, r, w.float(), k, v, a, b, initial_state=_initial_state(initial_state))
 
 
 def wkv6_fla(r, w, k, v, u, initial_state=None) -> tuple[Tensor, Tensor]:
@@ -70,5 +70,4 @@ def wkv6_fla(r, w, k, v, u, initial_state=None) -> tuple[Tensor, Tensor]:
 
     dtype = r.dtype
     k, v = (x.to(dtype) for x in (k, v))
-    return _call(chunk_rwkv6, r=r, k=k, v=v, w=w.float().contiguous(), u=u,
-                 initial_state=_initial_state(initial_state))
+    return _call(chunk_rwkv6, r, k, v, w.float().contiguous(), u, initial_state=_initial_state(initial_state))

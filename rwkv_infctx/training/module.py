@@ -128,6 +128,8 @@ class RWKVModule(L.LightningModule):
     # -- steps ---------------------------------------------------------------------------------
     def _loss(self, batch):
         hp = self.hparams
+        if self.trainer.world_size > 1 and zero_stage_3(self.trainer.strategy):
+            batch = pad_to_longest_across_ranks(batch)
         return chunked_sample_loss(
             self.model, batch["input_ids"], batch["targets"], batch["mask"], hp.ctx_len,
             bptt_truncate=hp.bptt_truncate, recompute=hp.recompute_chunks,
@@ -149,6 +151,7 @@ class RWKVModule(L.LightningModule):
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         self.log("train/loss", totals[0] / totals[1].clamp(min=1), prog_bar=True)
         self.log("train/chunks", float(out.n_chunks))
+        # float() waits for the GPU: tokens/s then measures finished work, not queued work
         self._tokens_in_batch = float(totals[2])
         self._tokens_seen += self._tokens_in_batch  # here: checkpoint callbacks run before on_train_batch_end
         return out.loss
@@ -184,7 +187,7 @@ class RWKVModule(L.LightningModule):
     def on_validation_epoch_end(self):
         total = self.all_gather(torch.stack([self._val_sum, self._val_tokens]))
         total = total.reshape(-1, 2).sum(0)
-        self.log("val/loss", (total[0] / total[1].clamp(min=1)).float(), prog_bar=True, rank_zero_only=True)
+        self.log("val/loss", (total[0] / total[1].clamp(min=1)).float(), prog_bar=True)  # every rank: a monitor may read it
 
     def test_step(self, batch, batch_idx):
         self.validation_step(batch, batch_idx)
@@ -194,7 +197,7 @@ class RWKVModule(L.LightningModule):
 
     def on_test_epoch_end(self):
         total = self.all_gather(torch.stack([self._val_sum, self._val_tokens])).reshape(-1, 2).sum(0)
-        self.log("test/loss", (total[0] / total[1].clamp(min=1)).float(), rank_zero_only=True)
+        self.log("test/loss", (total[0] / total[1].clamp(min=1)).float())
 
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -230,11 +233,24 @@ class RWKVModule(L.LightningModule):
                 rank_zero_info(f"wrote {path}")
 
 
+def zero_stage_3(strategy) -> bool:
+    config = getattr(strategy, "config", None)
+    return isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3
+
+
+def pad_to_longest_across_ranks(batch: dict) -> dict:
+    """ZeRO-3 gathers every layer's parameters collectively in each chunk's forward, so all ranks
+    must run the same number of chunks: pad (untrained positions) to the longest batch of any rank."""
+    length = torch.tensor(batch["input_ids"].shape[1], device=batch["input_ids"].device)
+    torch.distributed.all_reduce(length, op=torch.distributed.ReduceOp.MAX)
+    extra = int(length) - batch["input_ids"].shape[1]
+    return {k: torch.nn.functional.pad(v, (0, extra)) for k, v in batch.items()} if extra else batch
+
+
 def gathered_parameters(strategy, model: torch.nn.Module):
     """Under DeepSpeed ZeRO-3 each rank holds a shard of every parameter: gather them whole
     (on every rank, as the gather is collective) for the export; elsewhere, nothing to do."""
-    config = getattr(strategy, "config", None)
-    if isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3:
+    if zero_stage_3(strategy):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
