@@ -8,7 +8,7 @@ from rwkv_infctx.ops import BACKENDS, wkv7
 from rwkv_infctx.ops.chunked import wkv7_chunked
 from rwkv_infctx.ops.reference import wkv7_reference
 
-from .helpers import assert_bf16_close, forward_backward, rel_err
+from .helpers import assert_bf16_close, forward_backward, in_two_calls, rel_err
 
 
 def make_inputs(B=2, T=20, H=3, N=8, seed=0, dtype=torch.float32, state=True):
@@ -62,10 +62,8 @@ def test_state_round_trip(backend, T):
     """T tokens at once == T/2 then the rest with the state carried (fp32, atol 1e-5)."""
     xs, s0 = make_inputs(T=T)
     out, state = wkv7(*xs, initial_state=s0, backend=backend)
-    half = T // 2
-    o1, s1 = wkv7(*(x[:, :half] for x in xs), initial_state=s0, backend=backend)
-    o2, s2 = wkv7(*(x[:, half:] for x in xs), initial_state=s1, backend=backend)
-    torch.testing.assert_close(torch.cat([o1, o2], 1), out, rtol=1e-5, atol=1e-5)
+    o, s2 = in_two_calls(BACKENDS[backend].wkv7, 7, T // 2)(*xs, initial_state=s0)
+    torch.testing.assert_close(o, out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(s2, state, rtol=1e-5, atol=1e-5)
 
 
@@ -107,3 +105,18 @@ def test_unknown_backend_is_a_config_error():
     xs, s0 = make_inputs(T=4)
     with pytest.raises(ConfigError, match="wkv_backend"):
         wkv7(*xs, backend="triton-typo")
+
+
+@pytest.mark.parametrize("backend", ["chunked", "reference"])
+@pytest.mark.parametrize("version", [7, 6], ids=lambda v: f"wkv{v}")
+def test_state_arithmetic_stays_float32_under_autocast(backend, version):
+    """bf16 autocast (bf16-mixed training) changes neither output nor state of float32 inputs."""
+    from .test_wkv6_ops import make_inputs as make_inputs6
+
+    op = getattr(BACKENDS[backend], f"wkv{version}")
+    xs, s0 = (make_inputs if version == 7 else make_inputs6)(B=2, T=64, H=2, N=16)
+    plain = op(*xs, initial_state=s0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = op(*xs, initial_state=s0)
+    assert autocast[0].dtype == autocast[1].dtype == torch.float32
+    assert rel_err(autocast[0], plain[0]) < 1e-6 and rel_err(autocast[1], plain[1]) < 1e-6

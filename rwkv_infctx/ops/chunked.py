@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import zero_state
+from .reference import float32_arithmetic, zero_state
 
 DEFAULT_BLOCK_LEN = 16
 
@@ -85,6 +85,7 @@ def _scan_blocks(block_fn, seqs, initial_state, block_len, *constants):
     return out.transpose(1, 2).to(out_dtype), state
 
 
+@float32_arithmetic
 def wkv7_chunked(
     r: Tensor,
     w: Tensor,
@@ -132,6 +133,7 @@ def _wkv6_block(r, w, k, v, u, state):
     return out, new_state
 
 
+@float32_arithmetic
 def wkv6_chunked(
     r: Tensor,
     w: Tensor,

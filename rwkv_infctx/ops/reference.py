@@ -17,8 +17,23 @@ edges (see ``rwkv_infctx.checkpoint``).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
+
+
+def float32_arithmetic(wkv_op):
+    """Run a WKV op with autocast off: under bf16/fp16 autocast its products with the state would
+    run in half precision, and their rounding would pile up in the state from chunk to chunk.
+    (The ops cast their inputs to float32 themselves.)"""
+
+    @functools.wraps(wkv_op)
+    def wrapper(r: Tensor, *args, **kwargs):
+        with torch.autocast(r.device.type, enabled=False):
+            return wkv_op(r, *args, **kwargs)
+
+    return wrapper
 
 
 def zero_state(r: Tensor) -> Tensor:
@@ -26,6 +41,7 @@ def zero_state(r: Tensor) -> Tensor:
     return torch.zeros(B, H, N, N, dtype=torch.float32, device=r.device)
 
 
+@float32_arithmetic
 def wkv7_reference(
     r: Tensor,
     w: Tensor,
@@ -62,6 +78,7 @@ def wkv7_reference(
     return out.to(out_dtype), state
 
 
+@float32_arithmetic
 def wkv6_reference(
     r: Tensor,
     w: Tensor,
