@@ -29,7 +29,9 @@ constexpr int N = WKV_HEAD_SIZE;  // head size = threads per block
 // The forward pass saves the state every CHUNK tokens; the backward pass replays one chunk at a
 // time from there, keeping that many states per thread in local memory.
 constexpr int CHUNK = 16;
-static_assert(N >= 1 && N <= 1024, "WKV_HEAD_SIZE must be in 1..1024 (one thread per channel)");
+// One thread per channel: at N = 256 the WKV-7 backward already fills a block's 64K registers
+// (N threads x 255) and spills its rows of G to local memory; larger heads would not launch.
+static_assert(N >= 1 && N <= 256, "WKV_HEAD_SIZE must be in 1..256 (one thread per channel)");
 
 #ifdef WKV_CPU_EMULATION
 using bf16 = wkv_emu::bfloat16;
@@ -91,6 +93,8 @@ const char* launch(void (*kernel)(Params...), int blocks, void* stream,
     wkv_emu::run(kernel, unsigned(blocks), unsigned(N), args...);
     return nullptr;
 #else
+    // An error left by earlier, unrelated work would otherwise be reported as this launch's.
+    if (cudaPeekAtLastError() != cudaSuccess) return "an earlier CUDA operation failed (see CUDA_LAUNCH_BLOCKING=1)";
     kernel<<<blocks, N, 0, static_cast<cudaStream_t>(stream)>>>(args...);
     cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? nullptr : cudaGetErrorString(err);

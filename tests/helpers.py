@@ -61,3 +61,33 @@ def assert_bf16_close(fast, ref) -> None:
     assert rel_err(fast[1], ref[1]) < 5e-3
     for g_fast, g_ref in zip(fast[2], ref[2]):
         assert rel_err(g_fast.float(), g_ref) < 2e-2
+
+
+def chunked_step_grads(model, ctx_len: int, device: str = "cpu", B: int = 2, T: int = 64, seed: int = 0):
+    """One training step's loss and every parameter gradient (on the CPU) for a fixed random batch of
+    ``T`` tokens processed in chunks of ``ctx_len`` with the state carried (full BPTT); the last
+    sample is right-padded so the mask is exercised too."""
+    from rwkv_infctx.training.bptt import chunked_sample_loss
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.cfg.vocab_size, (B, T + 1), generator=g)
+    mask = torch.ones(B, T)
+    mask[-1, T - T // 5:] = 0
+    model.to(device).zero_grad()
+    out = chunked_sample_loss(model, ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device), ctx_len)
+    out.loss.backward()
+    return out.loss.item(), {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
+
+
+def in_two_calls(op, version: int, cut: int):
+    """``op`` run on tokens [:cut] and then [cut:] with the state carried between the two calls
+    (per-token inputs first: r, w, k, v, a, b for WKV-7, r, w, k, v for WKV-6, then u)."""
+    per_token = 6 if version == 7 else 4
+
+    def split(*args, initial_state):
+        seqs, rest = args[:per_token], args[per_token:]
+        o1, s1 = op(*(x[:, :cut] for x in seqs), *rest, initial_state=initial_state)
+        o2, s2 = op(*(x[:, cut:] for x in seqs), *rest, initial_state=s1)
+        return torch.cat([o1, o2], 1), s2
+
+    return split

@@ -20,7 +20,8 @@ import torch
 from rwkv_infctx.ops.cuda import CUDA_DIR, run_wkv6, run_wkv7
 from rwkv_infctx.ops.reference import wkv6_reference, wkv7_reference
 
-from .helpers import assert_bf16_close, forward_backward, rel_err
+from .helpers import (assert_bf16_close, chunked_step_grads, forward_backward, in_two_calls, random_model, rel_err,
+                      tiny_config)
 from .test_wkv6_ops import make_inputs as make_inputs6
 from .test_wkv7_ops import make_inputs as make_inputs7
 
@@ -143,20 +144,41 @@ def test_no_initial_state_and_inference(emulated, version):
     assert rel_err(out, ref_out) < FP32_TOL and rel_err(state, ref_state) < FP32_TOL
 
 
+class RecordingKernels:
+    """Passes calls through, keeping which of each call's tensor arguments were given (not None)."""
+
+    def __init__(self, kernels):
+        self.kernels, self.calls = kernels, []
+
+    def call(self, name, *tensors):
+        self.calls.append((name, [x is not None for x in tensors]))
+        self.kernels.call(name, *tensors)
+
+
+@pytest.mark.parametrize("version", [7, 6], ids=lambda v: f"wkv{v}")
+def test_no_backward_buffers_under_no_grad(emulated, version):
+    """Parameters that require grad (as in validation and generation) under torch.no_grad(): the
+    forward pass gets no checkpoint (nor sa) buffer; with grad enabled it does."""
+    recorder = RecordingKernels(emulated[16])
+    op = _ops(version, recorder)[0]
+    xs, s0 = (make_inputs7 if version == 7 else make_inputs6)(B=1, T=20, H=2, N=16)
+    xs = [x.requires_grad_() for x in xs]
+    with torch.no_grad():
+        op(*xs, initial_state=s0)
+    op(*xs, initial_state=s0)
+    buffers = slice(9, None) if version == 7 else slice(8, None)  # ckpt (, sa) follow out and state
+    (name0, given0), (name1, given1) = recorder.calls
+    assert name0 == name1 == f"wkv{version}_forward"
+    assert not any(given0[buffers]) and all(given1[buffers])
+
+
 @pytest.mark.parametrize("version", [7, 6], ids=lambda v: f"wkv{v}")
 def test_split_sequence_gives_same_gradients(emulated, version):
     """T=48 in one call == 32 + 16 tokens with the state carried (full BPTT through the state)."""
     op, _, make_inputs, names = _ops(version, emulated[16])
     xs, s0 = make_inputs(B=2, T=48, H=2, N=16)
-    per_token = 6 if version == 7 else 4
-
-    def split(*args, initial_state):
-        seqs, rest = args[:per_token], args[per_token:]
-        o1, s1 = op(*(x[:, :32] for x in seqs), *rest, initial_state=initial_state)
-        o2, s2 = op(*(x[:, 32:] for x in seqs), *rest, initial_state=s1)
-        return torch.cat([o1, o2], 1), s2
-
-    _assert_matches(forward_backward(split, xs, s0), forward_backward(op, xs, s0), names, tol=1e-6)
+    split = forward_backward(in_two_calls(op, version, 32), xs, s0)
+    _assert_matches(split, forward_backward(op, xs, s0), names, tol=1e-6)
 
 
 def test_rwkv5_broadcast_decay(emulated):
@@ -175,6 +197,23 @@ def test_wrong_head_size_is_refused(emulated):
     xs, s0 = make_inputs7(B=1, T=4, H=1, N=16)
     with pytest.raises(RuntimeError, match="WKV_HEAD_SIZE"):
         run_wkv7(emulated[64], *xs, initial_state=s0)
+
+
+@pytest.mark.parametrize("version", ["x052", "x060", "x070"])
+def test_model_training_step_matches_reference(emulated, monkeypatch, version):
+    """The model with wkv_backend=cuda (the emulated kernels behind the real dispatch, autograd
+    Functions and dtype handling), 64 tokens in 4 chunks of 16 with the state carried, against the
+    reference backend on the whole sample: loss and every parameter gradient (fp32)."""
+    import rwkv_infctx.ops.cuda as cuda_backend
+
+    monkeypatch.setattr(cuda_backend, "_kernels_for", lambda v, tensors: emulated[tensors[0].shape[-1]])
+    cfg = tiny_config(version=version)
+    ref_loss, ref_grads = chunked_step_grads(random_model(cfg, backend="reference"), ctx_len=64)
+    loss, grads = chunked_step_grads(random_model(cfg, backend="cuda"), ctx_len=16)
+    assert abs(loss - ref_loss) < 1e-5
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, ref_grads[name]) < FP32_TOL, name
 
 
 @pytest.mark.parametrize("version", [7, 6], ids=lambda v: f"wkv{v}")

@@ -17,7 +17,8 @@ import torch
 from rwkv_infctx.ops import BACKENDS
 from rwkv_infctx.ops.reference import wkv6_reference, wkv7_reference
 
-from .helpers import assert_bf16_close, forward_backward, rel_err
+from .helpers import (assert_bf16_close, chunked_step_grads, forward_backward, in_two_calls, random_model, rel_err,
+                      tiny_config)
 from .test_wkv6_ops import make_inputs as make_inputs6
 from .test_wkv7_ops import make_inputs as make_inputs7
 
@@ -115,16 +116,8 @@ def test_split_sequence_equals_whole(version, backend):
     """T=128 in one call == two calls of 64 with the state carried: output, state, all gradients."""
     op = gpu_op(version, backend)
     xs, s0 = inputs(version, 2, 128, 4, 64)
-    per_token = 6 if version == 7 else 4
-
-    def split(*args, initial_state):
-        seqs, rest = args[:per_token], args[per_token:]
-        o1, s1 = op(*(x[:, :64] for x in seqs), *rest, initial_state=initial_state)
-        o2, s2 = op(*(x[:, 64:] for x in seqs), *rest, initial_state=s1)
-        return torch.cat([o1, o2], 1), s2
-
-    assert_close(forward_backward(split, xs, s0), forward_backward(op, xs, s0), NAMES[version],
-                 SPLIT_TOL[backend])
+    split = forward_backward(in_two_calls(op, version, 64), xs, s0)
+    assert_close(split, forward_backward(op, xs, s0), NAMES[version], SPLIT_TOL[backend])
 
 
 @versions
@@ -150,6 +143,21 @@ def test_rwkv5_broadcast_decay(backend):
         (out.square().sum() + state.sum()).backward()
         grads.append(w.grad)
     assert rel_err(grads[0], grads[1]) < FP32_TOL[backend]
+
+
+@backends
+@pytest.mark.parametrize("version", ["x052", "x060", "x070"])
+def test_model_chunked_training_step_matches_reference(version, backend):
+    """A training step on the GPU (128 tokens in 4 chunks of 32, state carried, full BPTT) gives the
+    loss and parameter gradients of the reference backend on the whole sample on the CPU."""
+    gpu_op(6, backend)  # skips when the backend cannot run here
+    cfg = tiny_config(version=version, n_embd=128, head_size=64)
+    ref_loss, ref_grads = chunked_step_grads(random_model(cfg, backend="reference"), ctx_len=128, T=128)
+    loss, grads = chunked_step_grads(random_model(cfg, backend=backend), ctx_len=32, device="cuda", T=128)
+    assert abs(loss - ref_loss) < 1e-4
+    for name, g in grads.items():
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, ref_grads[name]) < FP32_TOL[backend] * 10, name
 
 
 @versions

@@ -101,20 +101,23 @@ def _compute_dtype(r: Tensor) -> torch.dtype:
     return torch.bfloat16 if r.dtype == torch.bfloat16 else torch.float32
 
 
-def _needs_backward(ctx) -> bool:
-    return any(ctx.needs_input_grad)
+def _needs_backward(ctx, grad_enabled: bool) -> bool:
+    # needs_input_grad is set under torch.no_grad() too, and grad mode is always off inside
+    # forward, so the caller's grad mode comes in as an argument: validation and generation
+    # then skip the checkpoint buffers (8x a bf16 activation per layer).
+    return grad_enabled and any(ctx.needs_input_grad)
 
 
 class WKV7Function(torch.autograd.Function):
     """Inputs already normalised by ``run_wkv7``: contiguous, r..b of one dtype, w and s0 float32."""
 
     @staticmethod
-    def forward(ctx, kernels, r, w, k, v, a, b, s0):
+    def forward(ctx, kernels, grad_enabled, r, w, k, v, a, b, s0):
         B, T, H, N = r.shape
         out = torch.empty_like(r)
         state = r.new_empty(B, H, N, N, dtype=torch.float32)
         ckpt = sa = None
-        if _needs_backward(ctx):
+        if _needs_backward(ctx, grad_enabled):
             ckpt = r.new_empty(B, H, -(-T // CHUNK), N, N, dtype=torch.float32)
             sa = torch.empty_like(w)
         kernels.call("wkv7_forward", r, w, k, v, a, b, s0, out, state, ckpt, sa)
@@ -130,18 +133,19 @@ class WKV7Function(torch.autograd.Function):
         d_s0 = torch.empty_like(d_state, dtype=torch.float32)
         ctx.kernels.call("wkv7_backward", r, w, k, v, a, b, d_out.to(r.dtype).contiguous(),
                          d_state.float().contiguous(), ckpt, sa, *grads, d_s0)
-        return (None, *grads, d_s0 if ctx.needs_input_grad[7] else None)
+        return (None, None, *grads, d_s0 if ctx.needs_input_grad[8] else None)
 
 
 class WKV6Function(torch.autograd.Function):
     """Inputs already normalised by ``run_wkv6``: contiguous, r, k, v of one dtype, w, u, s0 float32."""
 
     @staticmethod
-    def forward(ctx, kernels, r, w, k, v, u, s0):
+    def forward(ctx, kernels, grad_enabled, r, w, k, v, u, s0):
         B, T, H, N = r.shape
         out = torch.empty_like(r)
         state = r.new_empty(B, H, N, N, dtype=torch.float32)
-        ckpt = r.new_empty(B, H, -(-T // CHUNK), N, N, dtype=torch.float32) if _needs_backward(ctx) else None
+        keep = _needs_backward(ctx, grad_enabled)
+        ckpt = r.new_empty(B, H, -(-T // CHUNK), N, N, dtype=torch.float32) if keep else None
         kernels.call("wkv6_forward", r, w, k, v, u, s0, out, state, ckpt)
         if ckpt is not None:
             ctx.kernels = kernels
@@ -157,8 +161,8 @@ class WKV6Function(torch.autograd.Function):
         d_s0 = torch.empty_like(d_state, dtype=torch.float32)
         ctx.kernels.call("wkv6_backward", r, w, k, v, u, d_out.to(r.dtype).contiguous(),
                          d_state.float().contiguous(), ckpt, d_r, d_w, d_k, d_v, d_u_per_sequence, d_s0)
-        d_s0 = d_s0 if ctx.needs_input_grad[6] else None
-        return None, d_r, d_w, d_k, d_v, d_u_per_sequence.sum(0), d_s0
+        d_s0 = d_s0 if ctx.needs_input_grad[7] else None
+        return None, None, d_r, d_w, d_k, d_v, d_u_per_sequence.sum(0), d_s0
 
 
 def _check_shapes(seqs: list[Tensor], initial_state: Tensor | None) -> None:
@@ -181,7 +185,7 @@ def run_wkv7(kernels, r, w, k, v, a, b, initial_state=None) -> tuple[Tensor, Ten
     _check_shapes([r, w, k, v, a, b], initial_state)
     dtype, s0 = _compute_dtype(r), _float_state(initial_state)
     r_, k_, v_, a_, b_ = (x.to(dtype).contiguous() for x in (r, k, v, a, b))
-    out, state = WKV7Function.apply(kernels, r_, w.float().contiguous(), k_, v_, a_, b_, s0)
+    out, state = WKV7Function.apply(kernels, torch.is_grad_enabled(), r_, w.float().contiguous(), k_, v_, a_, b_, s0)
     return out.to(r.dtype), state
 
 
@@ -192,7 +196,8 @@ def run_wkv6(kernels, r, w, k, v, u, initial_state=None) -> tuple[Tensor, Tensor
     if u.shape != r.shape[2:]:
         raise ValueError(f"wkv6: u must be (H, N) = {tuple(r.shape[2:])}, got {tuple(u.shape)}")
     r_, k_, v_ = (x.to(dtype).contiguous() for x in (r, k, v))
-    out, state = WKV6Function.apply(kernels, r_, w.float().contiguous(), k_, v_, u.float().contiguous(), s0)
+    out, state = WKV6Function.apply(kernels, torch.is_grad_enabled(), r_, w.float().contiguous(), k_, v_,
+                                    u.float().contiguous(), s0)
     return out.to(r.dtype), state
 
 
