@@ -138,3 +138,35 @@ def test_gpu_backend_on_a_cpu_is_one_line_error_or_the_chosen_fallback(backend, 
 def test_deepspeed_on_a_cpu_is_one_line_error(capsys, tmp_path):
     message = one_line_error(["--trainer.strategy", "deepspeed_stage_2"], capsys, tmp_path)
     assert "DeepSpeed runs on CUDA GPUs only" in message
+
+
+@NO_GPU
+def test_deepspeed_validate_on_a_cpu_is_one_line_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "-c", str(ROOT / "config-example.yaml"), *TINY, "--trainer.logger", "false",
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.strategy", "deepspeed_stage_3"])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "DeepSpeed runs on CUDA GPUs only" in err[0]
+
+
+def test_deepspeed_not_installed_is_one_line_error(capsys, tmp_path, monkeypatch):
+    import lightning.pytorch.strategies.deepspeed as lightning_deepspeed
+
+    monkeypatch.setattr(lightning_deepspeed, "_DEEPSPEED_AVAILABLE", False)
+    assert "you must have DeepSpeed installed" in one_line_error(
+        ["--trainer.strategy", "deepspeed_stage_2"], capsys, tmp_path)
+
+
+def test_readme_deepspeed_strategy_block_parses(capsys):
+    """The DeepSpeedStrategy block with its own settings that README.md shows, as a user pastes it."""
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    (block,) = re.findall(r"`strategy: (\{class_path: lightning\.pytorch\.strategies\.DeepSpeedStrategy.*?\}\})`",
+                          readme.replace("\n", " "))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(ROOT / "config-example.yaml"), "--trainer.strategy", block, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "DeepSpeedStrategy" in printed and "allgather_bucket_size: 200000000" in printed

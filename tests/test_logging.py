@@ -5,10 +5,16 @@ import glob
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
+from jsonargparse import Namespace
 
+from rwkv_infctx.cli import wandb_offline_without_account
+from rwkv_infctx.training.plot import LossCurve
 from rwkv_infctx.training.plot import main as plot_main
 from rwkv_infctx.training.plot import smooth
 
@@ -56,14 +62,45 @@ def test_smoothing_is_debiased():
     assert smooth([0.0, 10.0])[1] == pytest.approx(10 * 0.1 / (1 - 0.81))
 
 
-def test_wandb_offline_without_an_account(tmp_path):
+def test_wandb_without_an_account_logs_offline(tmp_path):
+    """No WANDB_MODE, no API key, no netrc: the run logs offline (with a warning), does not stop."""
     pytest.importorskip("wandb")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update(WANDB_MODE="offline", WANDB_DIR=str(tmp_path), WANDB_SILENT="true", HOME=str(tmp_path))
-    fit(tmp_path, "--trainer.logger.class_path", "lightning.pytorch.loggers.WandbLogger",
-        "--trainer.logger.init_args.project", "rwkv-test", "--trainer.logger.init_args.name", "tiny",
-        "--trainer.logger.init_args.save_dir", str(tmp_path), env=env)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k != "NETRC"}
+    env.update(WANDB_DIR=str(tmp_path), WANDB_SILENT="true", HOME=str(tmp_path))
+    proc = fit(tmp_path, "--trainer.logger.class_path", "lightning.pytorch.loggers.WandbLogger",
+               "--trainer.logger.init_args.project", "rwkv-test", "--trainer.logger.init_args.name", "tiny",
+               "--trainer.logger.init_args.save_dir", str(tmp_path), env=env)
+    assert "logging offline" in proc.stderr
     runs = glob.glob(str(tmp_path / "**" / "offline-run-*"), recursive=True)
     assert runs, "no offline wandb run folder"
+    records = glob.glob(str(tmp_path / "**" / "offline-run-*" / "run-*.wandb"), recursive=True)
+    assert records and b"train/loss" in Path(records[0]).read_bytes()  # the metrics reached wandb's log
     assert glob.glob(str(tmp_path / "**" / "rwkv-final.pth"), recursive=True)
     assert glob.glob(str(tmp_path / "**" / "loss.png"), recursive=True)
+
+
+@pytest.mark.parametrize("setting, offline", [({}, True), ({"WANDB_MODE": "online"}, False),
+                                              ({"WANDB_API_KEY": "k" * 40}, False)])
+def test_wandb_offline_only_without_credentials_or_a_mode(tmp_path, monkeypatch, setting, offline):
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    for key, value in setting.items():
+        monkeypatch.setenv(key, value)
+    trainer = Namespace(logger=Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                                         init_args=Namespace(project="p", offline=False)))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        wandb_offline_without_account(trainer)
+    assert trainer.logger.init_args.offline is offline
+
+
+def test_loss_curve_has_one_point_per_optimizer_step_numbered_like_metrics_csv():
+    """With gradient accumulation over 2 micro-batches: the mean of each pair, at steps 0, 1, ..."""
+    curve, trainer = LossCurve(), SimpleNamespace(global_step=0, is_global_zero=True, callback_metrics={})
+    curve.on_train_start(trainer, None)
+    for loss, step_after in [(4.0, 0), (2.0, 1), (3.0, 1), (1.0, 2)]:
+        trainer.callback_metrics["train/loss"] = torch.tensor(loss)
+        trainer.global_step = step_after
+        curve.on_train_batch_end(trainer, None, None, None, 0)
+    assert curve.train == [(0, 3.0), (1, 2.0)]

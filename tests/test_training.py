@@ -56,3 +56,26 @@ def test_lr_schedule_warmup_then_cosine():
     assert abs(lr_at(10, 100, 1e-3, 1e-4, 10) - 1e-3) < 1e-12
     assert abs(lr_at(100, 100, 1e-3, 1e-4, 10) - 1e-4) < 1e-12
     assert abs(lr_at(55, 100, 1e-3, 1e-4, 10) - 5.5e-4) < 1e-12  # cosine midpoint
+
+
+def test_offload_without_the_cpu_adam_op_is_a_one_line_config_error(monkeypatch):
+    """ZeRO-Offload needs DeepSpeed's JIT-built CPU Adam; a machine that cannot build it is told so."""
+    pytest.importorskip("deepspeed")
+    import deepspeed.ops.adam
+
+    from rwkv_infctx.errors import ConfigError
+    from rwkv_infctx.training.optim import make_adam, offloads_optimizer
+
+    class Unbuildable:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Ninja is required to load C++ extensions\nsecond line")
+
+    monkeypatch.setattr(deepspeed.ops.adam, "DeepSpeedCPUAdam", Unbuildable)
+    stage_2_offload = type("Strategy", (), {"config": {"zero_optimization": {
+        "stage": 2, "offload_optimizer": {"device": "cpu"}}}})()
+    assert offloads_optimizer(stage_2_offload)
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(2))]}]
+    with pytest.raises(ConfigError, match="needs DeepSpeed's CPU-Adam op") as info:
+        make_adam(groups, 1e-3, (0.9, 0.99), 1e-18, cpu_offload=True)
+    assert "\n" not in str(info.value) and "Ninja is required" in str(info.value)
+    assert isinstance(make_adam(groups, 1e-3, (0.9, 0.99), 1e-18), torch.optim.AdamW)

@@ -20,6 +20,7 @@ from ..checkpoint import (
 )
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
+from ..files import first_unused
 from ..model import RWKV
 from ..ops import CTX_LEN_MULTIPLE, resolve_backend
 from .bptt import chunked_sample_loss
@@ -138,6 +139,18 @@ class RWKVModule(L.LightningModule):
 
     def on_train_start(self):
         self._last_batch_end = None
+        rank_zero_info(self._step_glossary())
+
+    def _step_glossary(self) -> str:
+        """What a step, a micro-batch and a chunk are in this run (the README's glossary, with numbers)."""
+        trainer, dm = self.trainer, getattr(self.trainer, "datamodule", None)
+        batch_size = getattr(getattr(dm, "hparams", None), "batch_size", None) or "?"
+        accumulate, devices = trainer.accumulate_grad_batches, trainer.world_size
+        samples = batch_size * accumulate * devices if isinstance(batch_size, int) else "?"
+        return (f"one step (optimizer update) = {accumulate} micro-batch(es) x {devices} device(s) x "
+                f"{batch_size} sample(s) = {samples} samples; each sample runs as chunks of "
+                f"ctx_len={self.hparams.ctx_len} tokens with the state carried (train/chunks), and "
+                f"train/step_tokens counts the tokens of one step")
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._last_batch_end is None:  # first batch, or the first after a validation
@@ -154,7 +167,17 @@ class RWKVModule(L.LightningModule):
         # float() waits for the GPU: tokens/s then measures finished work, not queued work
         self._tokens_in_batch = float(totals[2])
         self._tokens_seen += self._tokens_in_batch  # here: checkpoint callbacks run before on_train_batch_end
-        return out.loss
+        # DDP and ZeRO average the devices' gradients. Weighting each device's mean by its share of
+        # the global batch's trained tokens makes that average the mean over every trained token,
+        # as one device with the whole batch computes it, also when the devices' token counts
+        # differ (whole documents, packing, masked prompts).
+        loss = out.loss * out.n_tokens * self.trainer.world_size / totals[1].clamp(min=1)
+        if self.trainer.strategy.handles_gradient_accumulation:
+            # DeepSpeed's engine.backward divides by the accumulation steps itself, on top of
+            # Lightning's division of what this returns: undo one of the two (gradient clipping
+            # and fp16 loss scaling see gradients of the true size).
+            loss = loss * self.trainer.accumulate_grad_batches
+        return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         now = time.perf_counter()
@@ -225,10 +248,7 @@ class RWKVModule(L.LightningModule):
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
         with gathered_parameters(self.trainer.strategy, self.model):
             if self.trainer.is_global_zero:
-                path, n = folder / "rwkv-final.pth", 1
-                while path.exists():  # never replace the export of an earlier run
-                    n += 1
-                    path = folder / f"rwkv-final-{n}.pth"
+                path = first_unused(folder / "rwkv-final.pth")
                 save_pth(self.model, path)
                 rank_zero_info(f"wrote {path}")
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..files import first_unused
+
 Curve = list[tuple[int, float]]
 
 
@@ -35,7 +37,7 @@ def plot_losses(train: Curve, val: Curve, path: str | Path, title: str = "") -> 
         ax.plot(steps, smooth(losses), color="tab:blue", label="train (smoothed)")
     if val:
         ax.plot(*zip(*val), "o-", color="tab:orange", label="validation")
-    ax.set_xlabel("optimizer step (trainer.global_step)")
+    ax.set_xlabel("optimizer step (metrics.csv's step column)")
     ax.set_ylabel("cross-entropy (nats per token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -58,27 +60,39 @@ def smooth(values, weight: float = 0.9) -> list[float]:
 
 
 class LossCurve(L.Callback):
-    """Writes <log dir>/loss.png when fit ends (rank 0)."""
+    """Writes <log dir>/loss.png when fit ends (rank 0), one train point per optimizer step (the
+    mean of its micro-batches' losses), numbered as metrics.csv's ``step`` column (from 0)."""
 
     def __init__(self, filename: str = "loss.png"):
         self.filename = filename
         self.train: Curve = []
         self.val: Curve = []
+        self._micro_batch_losses: list[float] = []
+        self._steps_done = 0
+
+    def on_train_start(self, trainer, pl_module):
+        self._steps_done = trainer.global_step  # non-zero after a resume
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = trainer.callback_metrics.get("train/loss")
-        if loss is not None and trainer.is_global_zero:
-            self.train.append((trainer.global_step, float(loss)))
+        if loss is None or not trainer.is_global_zero:
+            return
+        self._micro_batch_losses.append(float(loss))
+        if trainer.global_step != self._steps_done:  # this micro-batch closed an optimizer step
+            self._steps_done = trainer.global_step
+            mean = sum(self._micro_batch_losses) / len(self._micro_batch_losses)
+            self.train.append((trainer.global_step - 1, mean))
+            self._micro_batch_losses.clear()
 
     def on_validation_end(self, trainer, pl_module):
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and trainer.is_global_zero and not trainer.sanity_checking and math.isfinite(loss):
-            self.val.append((trainer.global_step, float(loss)))
+            self.val.append((max(trainer.global_step - 1, 0), float(loss)))
 
     def on_train_end(self, trainer, pl_module):
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
         if trainer.is_global_zero and self.train:
-            plot_losses(self.train, self.val, folder / self.filename, title=folder.as_posix())
+            plot_losses(self.train, self.val, first_unused(folder / self.filename), title=folder.as_posix())
 
 
 def read_metrics_csv(path: str | Path) -> tuple[Curve, Curve]:
