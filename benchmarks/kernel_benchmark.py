@@ -18,7 +18,6 @@ import argparse
 import datetime
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # rwkv_infctx is imported where needed, from this checkout
+from benchmarks.machine import git_commit  # noqa: E402
 HEAD_SIZE = 64
 
 
@@ -96,14 +96,6 @@ def measure(backend: str, version: str, B: int, T: int, C: int, repeat: int) -> 
     return row
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def markdown(meta: dict, rows: list[dict]) -> str:
     lines = [f"# WKV kernels, forward + backward: {meta['device']}", "",
              f"torch {meta['torch']} (CUDA {meta['cuda']}), commit `{meta['commit'][:12]}`, {meta['date']}",
@@ -124,6 +116,7 @@ def main(argv=None) -> None:
     parser.add_argument("--backends", nargs="+", default=["chunked", "cuda", "fla"])
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--commit", help="the commit measured, where the checkout has no .git")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("kernel_benchmark: needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
@@ -143,7 +136,7 @@ def main(argv=None) -> None:
                 print(json.dumps(rows[-1]), flush=True)
 
     device = torch.cuda.get_device_name()
-    meta = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "commit": git_commit(),
+    meta = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda, "commit": git_commit(args.commit),
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "command": " ".join(["python", "benchmarks/kernel_benchmark.py", *sys.argv[1:]])}
     args.out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import platform
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_name() -> str:
@@ -11,3 +15,15 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def git_commit(given: str | None = None) -> str:
+    """The commit measured: ``given`` (a copy without .git, as on a lent GPU machine, passes it
+    with --commit), else this checkout's HEAD, else "unknown"."""
+    if given:
+        return given
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -22,6 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.machine import git_commit  # noqa: E402
+
 STRATEGIES = ["ddp", "deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3",
               "deepspeed_stage_3_offload"]
 
@@ -62,12 +65,13 @@ def main() -> None:
     p.add_argument("--wkv_backend", default="chunked")
     p.add_argument("--strategies", nargs="+", default=STRATEGIES)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "strategies.json"))
+    p.add_argument("--commit", help="the commit measured, where the checkout has no .git")
     args = p.parse_args()
     import torch
 
     if not torch.cuda.is_available():
         sys.exit("strategy_benchmark.py needs CUDA GPUs (DeepSpeed does not run on a CPU)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit(args.commit)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies:

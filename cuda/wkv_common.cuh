@@ -18,6 +18,7 @@
 #endif
 
 #include <cstdint>
+#include <cstdio>
 
 #ifndef WKV_HEAD_SIZE
 #define WKV_HEAD_SIZE 64
@@ -93,8 +94,15 @@ const char* launch(void (*kernel)(Params...), int blocks, void* stream,
     wkv_emu::run(kernel, unsigned(blocks), unsigned(N), args...);
     return nullptr;
 #else
-    // An error left by earlier, unrelated work would otherwise be reported as this launch's.
-    if (cudaPeekAtLastError() != cudaSuccess) return "an earlier CUDA operation failed (see CUDA_LAUNCH_BLOCKING=1)";
+    // An error left by earlier, unrelated work would otherwise be reported as this launch's:
+    // take it (which also clears it) and say where it came from.
+    cudaError_t earlier = cudaGetLastError();
+    if (earlier != cudaSuccess) {
+        thread_local char message[160];
+        snprintf(message, sizeof message, "an earlier CUDA operation failed before this WKV launch: %s",
+                 cudaGetErrorString(earlier));
+        return message;
+    }
     kernel<<<blocks, N, 0, static_cast<cudaStream_t>(stream)>>>(args...);
     cudaError_t err = cudaGetLastError();
     return err == cudaSuccess ? nullptr : cudaGetErrorString(err);

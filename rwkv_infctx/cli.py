@@ -7,14 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import netrc
-import os
 import sys
-import warnings
 from pathlib import Path
-from urllib.parse import urlparse
 
-from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -22,6 +17,7 @@ from .data.datamodule import RWKVDataModule
 from .errors import ConfigError, RWKVTrainerError
 from .files import first_unused
 from .training.module import RWKVModule
+from .training.wandb_login import wandb_offline_without_account
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -59,36 +55,6 @@ def check_strategy(trainer) -> None:
     if isinstance(trainer.strategy, DeepSpeedStrategy) and not isinstance(trainer.accelerator, CUDAAccelerator):
         raise ConfigError("trainer.strategy: DeepSpeed runs on CUDA GPUs only (Lightning refuses it on "
                           f"{type(trainer.accelerator).__name__}); on this machine use strategy auto or ddp")
-
-
-def wandb_offline_without_account(trainer_config) -> None:
-    """A WandbLogger on a machine that never ran ``wandb login`` would stop the run with wandb's
-    login error: log offline instead (``wandb sync`` uploads later), and say so. WANDB_MODE, when
-    the user set it, is wandb's to honour."""
-    loggers = trainer_config.get("logger") if trainer_config is not None else None
-    loggers = loggers if isinstance(loggers, list) else [loggers]
-    for logger in loggers:
-        if not (hasattr(logger, "class_path") and logger.class_path.endswith("WandbLogger")):
-            continue
-        init_args = logger.get("init_args")
-        if (init_args is not None and init_args.get("offline")) or "WANDB_MODE" in os.environ:
-            continue
-        if not has_wandb_credentials():
-            if init_args is None:
-                logger.init_args = init_args = Namespace()
-            init_args["offline"] = True
-            warnings.warn("wandb has no API key here (wandb login, or WANDB_API_KEY): logging offline; "
-                          "upload later with `wandb sync <run folder>`", stacklevel=2)
-
-
-def has_wandb_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    try:
-        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
-    except (OSError, netrc.NetrcParseError):
-        return False
 
 
 def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:

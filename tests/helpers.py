@@ -63,20 +63,27 @@ def assert_bf16_close(fast, ref) -> None:
         assert rel_err(g_fast.float(), g_ref) < 2e-2
 
 
-def chunked_step_grads(model, ctx_len: int, device: str = "cpu", B: int = 2, T: int = 64, seed: int = 0):
-    """One training step's loss and every parameter gradient (on the CPU) for a fixed random batch of
-    ``T`` tokens processed in chunks of ``ctx_len`` with the state carried (full BPTT); the last
-    sample is right-padded so the mask is exercised too."""
+def random_batch(B: int = 2, T: int = 64, vocab: int = 97, seed: int = 0, pad_last: int = 0):
+    """(input ids, targets, loss mask) of random tokens; the last sample right-padded by pad_last."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab, (B, T + 1), generator=g)
+    mask = torch.ones(B, T)
+    if pad_last:
+        mask[-1, T - pad_last:] = 0
+    return ids[:, :-1], ids[:, 1:], mask
+
+
+def chunked_step_grads(model, ctx_len: int, device: str = "cpu", T: int = 64, pad_last: int = 11, **loss_options):
+    """One training step's SampleLoss and every parameter gradient (on the CPU) for a fixed random
+    batch of 2 x ``T`` tokens in chunks of ``ctx_len``, the state carried (chunked_sample_loss's
+    options, e.g. bptt_truncate, recompute, l2wrap, pass through)."""
     from rwkv_infctx.training.bptt import chunked_sample_loss
 
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, model.cfg.vocab_size, (B, T + 1), generator=g)
-    mask = torch.ones(B, T)
-    mask[-1, T - T // 5:] = 0
+    batch = random_batch(T=T, vocab=model.cfg.vocab_size, pad_last=pad_last)
     model.to(device).zero_grad()
-    out = chunked_sample_loss(model, ids[:, :-1].to(device), ids[:, 1:].to(device), mask.to(device), ctx_len)
+    out = chunked_sample_loss(model, *(x.to(device) for x in batch), ctx_len, **loss_options)
     out.loss.backward()
-    return out.loss.item(), {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
+    return out, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
 
 
 def in_two_calls(op, version: int, cut: int):

@@ -6,24 +6,11 @@ import torch
 from rwkv_infctx.training.bptt import chunked_sample_loss
 from rwkv_infctx.training.loss import masked_token_loss_sum
 
-from .helpers import random_model, rel_err, tiny_config
-
-
-def batch(B=2, T=64, vocab=97, seed=0, pad_last=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (B, T + 1), generator=g)
-    mask = torch.ones(B, T)
-    if pad_last:
-        mask[-1, T - pad_last:] = 0  # a shorter sample, right-padded
-    return ids[:, :-1], ids[:, 1:], mask
+from .helpers import chunked_step_grads, random_batch, random_model, rel_err, tiny_config
 
 
 def loss_and_grads(model, ctx_len, truncate=False, recompute=True, l2wrap=1e-4):
-    model.zero_grad()
-    ids, tgt, mask = batch(pad_last=11)
-    out = chunked_sample_loss(model, ids, tgt, mask, ctx_len, bptt_truncate=truncate, recompute=recompute, l2wrap=l2wrap)
-    out.loss.backward()
-    return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+    return chunked_step_grads(model, ctx_len, bptt_truncate=truncate, recompute=recompute, l2wrap=l2wrap)
 
 
 @pytest.mark.parametrize("version", ["x052", "x060", "x070"])
@@ -53,7 +40,7 @@ def test_bptt_truncate_changes_gradients_but_not_loss():
 
 def test_loss_is_mean_over_unmasked_tokens():
     model = random_model()
-    ids, tgt, mask = batch(pad_last=20)
+    ids, tgt, mask = random_batch(pad_last=20)
     with torch.no_grad():
         out = chunked_sample_loss(model, ids, tgt, mask, ctx_len=16)
         logits, _ = model(ids)

@@ -8,15 +8,16 @@ import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlparse
 
 import pytest
 import torch
 from jsonargparse import Namespace
 
-from rwkv_infctx.cli import wandb_offline_without_account
 from rwkv_infctx.training.plot import LossCurve
 from rwkv_infctx.training.plot import main as plot_main
 from rwkv_infctx.training.plot import smooth
+from rwkv_infctx.training.wandb_login import has_wandb_credentials, wandb_offline_without_account
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
@@ -79,28 +80,73 @@ def test_wandb_without_an_account_logs_offline(tmp_path):
     assert glob.glob(str(tmp_path / "**" / "loss.png"), recursive=True)
 
 
+def wandb_logger_config() -> Namespace:
+    return Namespace(logger=Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
+                                      init_args=Namespace(project="p", offline=False)))
+
+
+@pytest.fixture
+def no_wandb_setup(tmp_path, monkeypatch):
+    """No wandb variable, an empty home (no netrc, no wandb settings), a working folder of its own."""
+    for key in [k for k in os.environ if k.startswith("WANDB_")] + ["NETRC"]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.mark.parametrize("setting, offline", [({}, True), ({"WANDB_MODE": "online"}, False),
                                               ({"WANDB_API_KEY": "k" * 40}, False)])
-def test_wandb_offline_only_without_credentials_or_a_mode(tmp_path, monkeypatch, setting, offline):
-    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+def test_wandb_offline_only_without_credentials_or_a_mode(no_wandb_setup, monkeypatch, setting, offline):
     for key, value in setting.items():
         monkeypatch.setenv(key, value)
-    trainer = Namespace(logger=Namespace(class_path="lightning.pytorch.loggers.WandbLogger",
-                                         init_args=Namespace(project="p", offline=False)))
+    trainer = wandb_logger_config()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         wandb_offline_without_account(trainer)
     assert trainer.logger.init_args.offline is offline
 
 
+@pytest.mark.parametrize("base_url, where", [("https://api.wandb.ai", "default"),
+                                             ("http://localhost:8080", "WANDB_BASE_URL"),
+                                             ("https://wandb.example.org", "settings")])
+def test_wandb_login_in_netrc_counts_for_its_server(no_wandb_setup, monkeypatch, base_url, where):
+    """``wandb login [--host URL]`` writes the key to ~/.netrc under the server's host[:port]."""
+    home = no_wandb_setup
+    if where == "WANDB_BASE_URL":
+        monkeypatch.setenv("WANDB_BASE_URL", base_url)
+    elif where == "settings":
+        (home / ".config" / "wandb").mkdir(parents=True)
+        (home / ".config" / "wandb" / "settings").write_text(f"[default]\nbase_url = {base_url}\n")
+    netloc = urlparse(base_url).netloc
+    (home / ".netrc").write_text(f"machine {netloc}\n  login user\n  password {'k' * 40}\n")
+    (home / ".netrc").chmod(0o600)
+    assert has_wandb_credentials()
+    (home / ".netrc").write_text(f"machine other.example.com\n  login user\n  password {'k' * 40}\n")
+    assert not has_wandb_credentials()
+
+
 def test_loss_curve_has_one_point_per_optimizer_step_numbered_like_metrics_csv():
     """With gradient accumulation over 2 micro-batches: the mean of each pair, at steps 0, 1, ..."""
-    curve, trainer = LossCurve(), SimpleNamespace(global_step=0, is_global_zero=True, callback_metrics={})
+    epoch_loop = SimpleNamespace(_batches_that_stepped=0)  # Lightning increments it after the hooks
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True, callback_metrics={}, sanity_checking=False,
+                              fit_loop=SimpleNamespace(epoch_loop=epoch_loop))
+    curve = LossCurve()
     curve.on_train_start(trainer, None)
-    for loss, step_after in [(4.0, 0), (2.0, 1), (3.0, 1), (1.0, 2)]:
+    for i, (loss, step_after) in enumerate([(4.0, 0), (2.0, 1), (3.0, 1), (1.0, 2)]):
         trainer.callback_metrics["train/loss"] = torch.tensor(loss)
         trainer.global_step = step_after
-        curve.on_train_batch_end(trainer, None, None, None, 0)
-    assert curve.train == [(0, 3.0), (1, 2.0)]
+        curve.on_train_batch_end(trainer, None, None, None, i)
+        if i == 2:  # a validation in the middle of step 1's accumulation window, logged at step 1
+            trainer.callback_metrics["val/loss"] = torch.tensor(5.0)
+            curve.on_validation_end(trainer, None)
+        epoch_loop._batches_that_stepped = step_after
+    assert curve.train == [(0, 3.0), (1, 2.0)] and curve.val == [(1, 5.0)]
+
+
+def test_redrawn_curve_averages_the_micro_batches_of_a_step(tmp_path):
+    from rwkv_infctx.training.plot import read_metrics_csv
+
+    path = tmp_path / "metrics.csv"
+    path.write_text("epoch,step,train/loss,val/loss\n0,0,4.0,\n0,0,2.0,\n0,1,3.0,\n0,1,,5.0\n0,1,1.0,\n")
+    assert read_metrics_csv(path) == ([(0, 3.0), (1, 2.0)], [(1, 5.0)])

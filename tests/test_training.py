@@ -79,3 +79,16 @@ def test_offload_without_the_cpu_adam_op_is_a_one_line_config_error(monkeypatch)
         make_adam(groups, 1e-3, (0.9, 0.99), 1e-18, cpu_offload=True)
     assert "\n" not in str(info.value) and "Ninja is required" in str(info.value)
     assert isinstance(make_adam(groups, 1e-3, (0.9, 0.99), 1e-18), torch.optim.AdamW)
+
+
+def test_loss_for_backward_gives_the_global_per_token_mean():
+    """Two devices with 30 and 10 trained tokens: the average of what they backpropagate (DDP's
+    gradient average) is the token-weighted mean; with DeepSpeed's extra 1/4, the micro-batch's."""
+    from rwkv_infctx.training.module import loss_for_backward
+
+    means, tokens = torch.tensor([2.0, 6.0]), torch.tensor([30.0, 10.0])
+    global_tokens = tokens.sum()
+    device = [loss_for_backward(means[i], tokens[i], global_tokens, world_size=2) for i in range(2)]
+    assert (sum(device) / 2).item() == pytest.approx((2.0 * 30 + 6.0 * 10) / 40)
+    one = loss_for_backward(means[0], tokens[0], tokens[0], world_size=1, extra_division=4)
+    assert (one / 4 / 4).item() == pytest.approx(2.0 / 4)  # Lightning's and DeepSpeed's divisions

@@ -120,3 +120,10 @@ def test_state_arithmetic_stays_float32_under_autocast(backend, version):
         autocast = op(*xs, initial_state=s0)
     assert autocast[0].dtype == autocast[1].dtype == torch.float32
     assert rel_err(autocast[0], plain[0]) < 1e-6 and rel_err(autocast[1], plain[1]) < 1e-6
+
+
+def test_ops_run_on_meta_tensors():
+    """Shape inference (meta device, where autocast does not exist) still works through the ops."""
+    xs, s0 = make_inputs(B=1, T=20, H=2, N=8)
+    out, state = BACKENDS["chunked"].wkv7(*(x.to("meta") for x in xs), initial_state=s0.to("meta"))
+    assert out.shape == xs[0].shape and state.shape == s0.shape and out.device.type == "meta"

@@ -11,9 +11,7 @@ on (checked against fla 0.5.2's source, fla/ops/rwkv7/chunk.py and fla/ops/rwkv6
   - chunk_rwkv6(r, k, v, w, u, scale, ...) takes w after v, and its scale defaults to
     1/sqrt(K), so it too is passed as 1.0.
 Not yet used: fla's own RWKV-7 layer also passes safe_gate/lower_bound=-exp(-0.5) and chunk_size=64
-(faster; valid for RWKV-7's bounded decay), to be tried once a GPU run can compare them. RWKV-6's
-decay has no lower bound; fla reported NaN gradients from chunk_rwkv6 for very strong decays
-(fla-org/flash-linear-attention#78), where our cuda backend has no such limit.
+(faster; valid for RWKV-7's bounded decay), to be tried once a GPU run can compare them.
 w and the state stay in float32 (fla keeps log-decay cumulative sums in float32 internally and
 casts every gradient back to its input's dtype); r, k, v, a, b go in r's dtype.
 """

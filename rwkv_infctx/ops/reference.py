@@ -30,6 +30,8 @@ def float32_arithmetic(wkv_op):
 
     @functools.wraps(wkv_op)
     def wrapper(r: Tensor, *args, **kwargs):
+        if not torch.amp.is_autocast_available(r.device.type):  # e.g. meta tensors: nothing to switch off
+            return wkv_op(r, *args, **kwargs)
         with torch.autocast(r.device.type, enabled=False):
             return wkv_op(r, *args, **kwargs)
 

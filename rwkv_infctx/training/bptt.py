@@ -20,7 +20,7 @@ from .loss import masked_token_loss_sum
 
 @dataclass
 class SampleLoss:
-    loss: Tensor  # mean cross-entropy per valid token (what is optimised and logged)
+    loss: Tensor  # mean cross-entropy per valid token of this batch (differentiable)
     loss_sum: Tensor  # summed over valid tokens (for token-weighted averages across batches)
     n_tokens: Tensor  # number of valid tokens
     n_chunks: int

@@ -167,17 +167,11 @@ class RWKVModule(L.LightningModule):
         # float() waits for the GPU: tokens/s then measures finished work, not queued work
         self._tokens_in_batch = float(totals[2])
         self._tokens_seen += self._tokens_in_batch  # here: checkpoint callbacks run before on_train_batch_end
-        # DDP and ZeRO average the devices' gradients. Weighting each device's mean by its share of
-        # the global batch's trained tokens makes that average the mean over every trained token,
-        # as one device with the whole batch computes it, also when the devices' token counts
-        # differ (whole documents, packing, masked prompts).
-        loss = out.loss * out.n_tokens * self.trainer.world_size / totals[1].clamp(min=1)
-        if self.trainer.strategy.handles_gradient_accumulation:
-            # DeepSpeed's engine.backward divides by the accumulation steps itself, on top of
-            # Lightning's division of what this returns: undo one of the two (gradient clipping
-            # and fp16 loss scaling see gradients of the true size).
-            loss = loss * self.trainer.accumulate_grad_batches
-        return loss
+        # DeepSpeed's engine.backward divides by the accumulation steps itself, on top of
+        # Lightning's division of what this returns.
+        divided_twice = self.trainer.strategy.handles_gradient_accumulation
+        return loss_for_backward(out.loss, out.n_tokens, totals[1], self.trainer.world_size,
+                                 self.trainer.accumulate_grad_batches if divided_twice else 1)
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         now = time.perf_counter()
@@ -251,6 +245,20 @@ class RWKVModule(L.LightningModule):
                 path = first_unused(folder / "rwkv-final.pth")
                 save_pth(self.model, path)
                 rank_zero_info(f"wrote {path}")
+
+
+def loss_for_backward(loss: torch.Tensor, n_tokens: torch.Tensor, global_tokens: torch.Tensor, world_size: int,
+                      extra_division: int = 1) -> torch.Tensor:
+    """What one device backpropagates so that the update follows the mean loss over every trained
+    token of the global batch, as one device holding the whole batch computes it.
+
+    DDP and ZeRO average the devices' gradients, so each device's mean ``loss`` (over its
+    ``n_tokens``) is weighted by its share of the ``global_tokens``; that matters whenever the
+    devices' token counts differ (whole documents, packing, masked prompts). ``extra_division``
+    undoes a second division by the accumulation steps (DeepSpeed's, on top of Lightning's), so
+    gradient clipping and fp16 loss scaling see gradients of their true size.
+    """
+    return loss * n_tokens * world_size / global_tokens.clamp(min=1) * extra_division
 
 
 def zero_stage_3(strategy) -> bool:

@@ -81,13 +81,13 @@ class LossCurve(L.Callback):
         if trainer.global_step != self._steps_done:  # this micro-batch closed an optimizer step
             self._steps_done = trainer.global_step
             mean = sum(self._micro_batch_losses) / len(self._micro_batch_losses)
-            self.train.append((trainer.global_step - 1, mean))
+            self.train.append((csv_step(trainer), mean))
             self._micro_batch_losses.clear()
 
     def on_validation_end(self, trainer, pl_module):
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and trainer.is_global_zero and not trainer.sanity_checking and math.isfinite(loss):
-            self.val.append((max(trainer.global_step - 1, 0), float(loss)))
+            self.val.append((csv_step(trainer), float(loss)))
 
     def on_train_end(self, trainer, pl_module):
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
@@ -95,13 +95,24 @@ class LossCurve(L.Callback):
             plot_losses(self.train, self.val, first_unused(folder / self.filename), title=folder.as_posix())
 
 
+def csv_step(trainer) -> int:
+    """The step number Lightning's loggers give what is logged now (metrics.csv's ``step``): the
+    optimizer steps completed before the current micro-batch's window (a private counter, the one
+    Lightning's logger connector reads; global_step - 1 at the end of a step where it is absent)."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return getattr(loop, "_batches_that_stepped", max(trainer.global_step - 1, 0))
+
+
 def read_metrics_csv(path: str | Path) -> tuple[Curve, Curve]:
-    train, val = [], []
+    """(step, loss) curves from a CSVLogger file; rows of one step (its micro-batches under gradient
+    accumulation) are averaged, as LossCurve does while fitting."""
+    rows: dict[str, dict[int, list[float]]] = {"train/loss": {}, "val/loss": {}}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
-            for key, curve in (("train/loss", train), ("val/loss", val)):
+            for key, by_step in rows.items():
                 if row.get(key):
-                    curve.append((int(row["step"]), float(row[key])))
+                    by_step.setdefault(int(row["step"]), []).append(float(row[key]))
+    train, val = ([(step, sum(v) / len(v)) for step, v in sorted(by_step.items())] for by_step in rows.values())
     return train, val
 
 
