@@ -76,4 +76,4 @@ def test_deepspeed_gradient_accumulation_counts_optimizer_steps(tmp_path):
     rows = fit(tmp_path, "deepspeed_stage_2", "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "3")
     assert sorted({int(r["step"]) for r in rows}) == [0, 1, 2]
     assert float(rows[-1]["train/tokens_seen"]) == 3 * 2 * 2 * 256  # steps x micro-batches x batch x tokens
-    assert float(rows[-1]["train/step_tokens"]) == 2 * 2 * 256
+    assert float(rows[-1]["train/step_tokens"]) == 2 * float(rows[-1]["train/micro_batch_tokens"]) == 2 * 2 * 256

@@ -70,7 +70,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     if samples == "fixed-length":
         last = [r for r in rows if r.get("train/loss")][-1]
         tokens_per_step = 4 * 64  # global batch 4 samples x 64 positions, whatever the device count
-        assert float(last["train/step_tokens"]) == tokens_per_step
+        assert float(last["train/step_tokens"]) == float(last["train/micro_batch_tokens"]) == tokens_per_step
         assert float(last["train/tokens_seen"]) == 4 * tokens_per_step
 
 

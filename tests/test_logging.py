@@ -36,12 +36,16 @@ def fit(out: Path, *args, env=None):
 
 
 def test_csv_run_logs_every_metric_and_draws_loss_png(tmp_path):
-    fit(tmp_path, "--trainer.logger.init_args.save_dir", str(tmp_path))
+    fit(tmp_path, "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.accumulate_grad_batches", "2")
     (metrics,) = glob.glob(str(tmp_path / "**" / "metrics.csv"), recursive=True)
     rows = list(csv.DictReader(open(metrics)))
     logged = {key for row in rows for key, value in row.items() if value}
+    last = [row for row in rows if row.get("train/loss")][-1]
+    assert float(last["train/micro_batch_tokens"]) == 2 * 64  # batch 2 x 64 positions
+    assert float(last["train/step_tokens"]) == 2 * float(last["train/micro_batch_tokens"])  # 2 micro-batches
+    assert float(last["train/tokens_seen"]) == 4 * 2 * 2 * 64  # 4 steps of 2 micro-batches
     assert {"train/loss", "train/lr", "train/tokens_per_s", "train/tokens_per_s_per_device", "train/tokens_seen",
-            "train/step_tokens", "train/chunks", "val/loss"} <= logged
+            "train/micro_batch_tokens", "train/step_tokens", "train/chunks", "val/loss"} <= logged
     png = Path(metrics).with_name("loss.png")
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
 

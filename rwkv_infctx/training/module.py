@@ -180,6 +180,7 @@ class RWKVModule(L.LightningModule):
         self.log("train/tokens_per_s", self._tokens_in_batch / seconds, prog_bar=True)
         self.log("train/tokens_per_s_per_device", self._tokens_in_batch / seconds / devices)
         self.log("train/tokens_seen", self._tokens_seen, prog_bar=True)
+        self.log("train/micro_batch_tokens", self._tokens_in_batch)  # one micro-batch, every device
         self.log("train/step_tokens", self._tokens_in_batch * self.trainer.accumulate_grad_batches)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         if self.device.type == "cuda":
