@@ -1,5 +1,5 @@
 """The CUDA WKV kernels, tested on the CPU: the same sources compiled by g++ under
-cuda/emulate/cuda_emulation.h (blocks run one after another, a block's threads are real threads
+ops/csrc/emulate/cuda_emulation.h (blocks run one after another, a block's threads are real threads
 meeting at real barriers) and driven through the backend's own autograd Functions
 (rwkv_infctx.ops.cuda.run_wkv7 / run_wkv6) via ctypes. What a GPU adds beyond this (speed, the
 real bf16 type, register and shared-memory limits) is covered by tests/test_wkv_cuda.py (gpu).
@@ -28,7 +28,7 @@ from .test_wkv7_ops import make_inputs as make_inputs7
 HEAD_SIZES = (64, 16)  # the default build, and a second one to show N is a free parameter
 FP32_TOL = 1e-5  # relative RMS error against the float32 reference; observed <= 3e-7
 
-_ARG_KINDS = {  # "i": int size, "p": pointer (tensor or None); see cuda/wkv_launchers.h
+_ARG_KINDS = {  # "i": int size, "p": pointer (tensor or None); see rwkv_infctx/ops/csrc/wkv_launchers.h
     "wkv7_forward": "iiii" + "p" * 12,
     "wkv7_backward": "iiii" + "p" * 18,
     "wkv6_forward": "iiii" + "p" * 10,
@@ -229,7 +229,7 @@ def test_nvcc_compiles_kernel(tmp_path, version):
 
 
 def test_binding_compiles_against_torch_headers():
-    """cuda/wkv_bindings.cpp needs only torch/extension.h, so the CPU torch wheel can check it
+    """ops/csrc/wkv_bindings.cpp needs only torch/extension.h, so the CPU torch wheel can check it
     (WKV_VERSION=0 declares the bindings of both versions)."""
     if shutil.which("g++") is None:
         pytest.skip("g++ not found")

@@ -2,7 +2,7 @@
 
 ``reference`` is the readable per-token loop (the oracle); ``chunked`` is the chunk-parallel
 pure-PyTorch path (exact, fast enough for CPU training); ``cuda`` is our CUDA kernels (JIT-built
-on first use, see cuda/README.md); ``fla`` is flash-linear-attention's Triton kernels. The GPU
+on first use, see ops/csrc/README.md); ``fla`` is flash-linear-attention's Triton kernels. The GPU
 backends import nothing heavy until used; ``resolve_backend`` says whether one can run here.
 """
 

@@ -1,9 +1,9 @@
-"""WKV backend ``cuda``: our CUDA kernels (``cuda/wkv7.cu``, ``cuda/wkv6.cu``), JIT-built on first use.
+"""WKV backend ``cuda``: our CUDA kernels (``csrc/wkv7.cu``, ``csrc/wkv6.cu``), JIT-built on first use.
 
 The kernels take raw pointers; this module owns everything around them: the autograd Functions,
 dtype and layout normalisation, buffer allocation, and the build. Both Functions talk to the
 kernels through a tiny interface, ``kernels.call(name, *tensors)`` (argument order as in
-``cuda/wkv_launchers.h``, without the sizes), so the test suite can drive the very same Python code
+``csrc/wkv_launchers.h``, without the sizes), so the test suite can drive the very same Python code
 with the CPU emulation of the kernels (``tests/test_kernel_emulation.py``).
 
 Dtypes: r, k, v, a, b run in bfloat16 or float32 (float16 and anything else runs in float32);
@@ -27,8 +27,8 @@ from torch import Tensor
 
 from ..errors import ConfigError
 
-CHUNK = 16  # the kernels' checkpoint interval, cuda/wkv_common.cuh
-CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"  # the repository's cuda/ folder
+CHUNK = 16  # the kernels' checkpoint interval, csrc/wkv_common.cuh
+CUDA_DIR = Path(__file__).resolve().parent / "csrc"  # kernel sources, shipped as package data
 NVCC_FLAGS = ["-O3", "-Xptxas=-O3"]  # no --use_fast_math: it would make expf approximate
 _BUILT: dict[tuple[int, int], CudaKernels] = {}
 
@@ -45,7 +45,7 @@ def available() -> str | None:
     if not is_ninja_available():
         return "ninja was not found (pip install ninja)"
     if not (CUDA_DIR / "wkv7.cu").is_file():
-        return f"kernel sources missing in {CUDA_DIR} (run from a checkout of the repository)"
+        return f"kernel sources missing in {CUDA_DIR} (a broken install: reinstall rwkv-infctx)"
     return None
 
 
