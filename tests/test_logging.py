@@ -62,9 +62,15 @@ def test_plot_helper_refuses_a_csv_without_losses(tmp_path):
         plot_main([str(empty)])
 
 
-def test_smoothing_is_debiased():
-    assert smooth([5.0, 5.0, 5.0]) == pytest.approx([5.0, 5.0, 5.0])
-    assert smooth([0.0, 10.0])[1] == pytest.approx(10 * 0.1 / (1 - 0.81))
+def test_smoothing_does_not_lag():
+    """A steadily falling loss is its own smoothed curve (an exponential average would trail above
+    it); noise around a constant is averaged out; the ends are kept."""
+    falling = [10.0 - 0.05 * i for i in range(150)]
+    assert smooth(falling) == pytest.approx(falling)
+    noisy = [4.0 + (1.0 if i % 2 else -1.0) for i in range(200)]
+    assert max(abs(v - 4.0) for v in smooth(noisy)[5:-5]) < 0.1
+    assert smooth(noisy)[0] == noisy[0] and smooth(noisy)[-1] == noisy[-1]
+    assert smooth([]) == []
 
 
 def test_wandb_without_an_account_logs_offline(tmp_path):

@@ -50,12 +50,19 @@ def plot_losses(train: Curve, val: Curve, path: str | Path, title: str = "") -> 
     return path
 
 
-def smooth(values, weight: float = 0.9) -> list[float]:
-    """Debiased exponential moving average (TensorBoard's smoothing)."""
-    out, avg = [], 0.0
-    for i, v in enumerate(values, start=1):
-        avg = weight * avg + (1 - weight) * v
-        out.append(avg / (1 - weight**i))
+def smooth(values, half_width: int | None = None) -> list[float]:
+    """Centred moving average, the window shrinking symmetrically at both ends. Unlike an
+    exponential average it does not lag: early in a run, where the loss falls fast, a lagging curve
+    sits far above the raw one. The default half-width is 1/40 of the run (at least 1 point)."""
+    n = len(values)
+    half_width = max(1, n // 40) if half_width is None else half_width
+    totals = [0.0]
+    for v in values:
+        totals.append(totals[-1] + v)
+    out = []
+    for i in range(n):
+        w = min(half_width, i, n - 1 - i)
+        out.append((totals[i + w + 1] - totals[i - w]) / (2 * w + 1))
     return out
 
 
