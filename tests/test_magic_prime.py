@@ -141,6 +141,10 @@ def test_binidx_stream_windows_in_place(tmp_path):
         assert batch["input_ids"][n].tolist() == stream[s:s + 16].tolist()
         assert batch["targets"][n].tolist() == stream[s + 1:s + 17].tolist()
     assert batch["mask"].all()
+    small = RWKVDataModule(source=str(tmp_path / "corpus"), sample_len=16, magic_prime=5, test_split=0)
+    with pytest.warns(UserWarning, match="unused; auto would use"):
+        small.setup("fit")  # a prime far below the data: RWKV-LM refuses it, we warn
+    assert len(small.train_set) == 5
 
 
 def test_cache_stream_keeps_the_stored_mask_and_holds_out_the_end(tmp_path):

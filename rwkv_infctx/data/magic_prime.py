@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 import sympy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
@@ -125,6 +125,9 @@ def magic_prime_datasets(stage: str, tokens: np.ndarray, train: np.ndarray | Non
     covered = p * sample_len / max(len(train_set.tokens), 1)
     rank_zero_info(f"data: magic_prime {p}: {p} windows of {sample_len + 1} tokens cover {covered:.1%} of the "
                    f"{len(train_set.tokens)} training tokens; {len(val_set) if val_set else 0} validation windows")
+    if setting != "auto" and covered < 0.9:  # RWKV-LM refuses this: a prime meant for another corpus?
+        rank_zero_warn(f"data.magic_prime={p} leaves {1 - covered:.0%} of the training tokens unused; "
+                       f"auto would use {auto_magic_prime(len(train_set.tokens), sample_len)}")
     return train_set, val_set
 
 
