@@ -48,11 +48,12 @@ class RestoreAfterSetup(SingleDeviceStrategy):
 
 
 def fit(root: Path, source: str, accumulate: int, ckpt_path=None, stop_at=None, save_every=None, workers=0,
-        deepspeed_like=False) -> dict:
+        deepspeed_like=False, magic_prime=None) -> dict:
     L.seed_everything(0)
     module = RWKVModule(n_layer=1, n_embd=32, head_size=16, ctx_len=32, lr_init=1e-2, lr_final=1e-3,
                         warmup_steps=2, export_pth=False, plot_loss=False)
-    data = RWKVDataModule(source=source, batch_size=2, sample_len=64, test_split=0, seed=5, num_workers=workers)
+    data = RWKVDataModule(source=source, batch_size=2, sample_len=64, test_split=0, seed=5, num_workers=workers,
+                          magic_prime=magic_prime)
     # max_epochs makes Lightning count the steps from the train loader while configuring the
     # optimizer, which a DeepSpeed-like strategy does before it restores the checkpoint
     limits = {"strategy": RestoreAfterSetup("cpu"), "max_epochs": 2, "max_steps": -1} if deepspeed_like else {}
@@ -88,5 +89,19 @@ def test_resumed_run_continues_the_uninterrupted_loss_curve(tmp_path, accumulate
     assert whole[-1][0] == (11 if deepspeed_like else MAX_STEPS - 1)  # 2 epochs of 6 steps, or MAX_STEPS
     for resumed, uninterrupted in zip(rest, whole[len(first):]):
         # same step, and loss, lr and token count equal to 1e-6 (the CPU runs are deterministic)
+        assert resumed[0] == uninterrupted[0]
+        assert resumed[1:] == pytest.approx(uninterrupted[1:], rel=1e-6), (resumed, uninterrupted)
+
+
+@pytest.mark.slow
+def test_resumed_magic_prime_run_continues_the_uninterrupted_loss_curve(tmp_path):
+    """BlinkDL's sampling: 727 tokens give p = 5 windows of 64, 3 steps per epoch; stop in epoch 1, resume."""
+    source = small_corpus(tmp_path)
+    whole = fit(tmp_path / "whole", source, 1, magic_prime="auto")
+    first = fit(tmp_path / "cut", source, 1, stop_at=4, save_every=4, magic_prime="auto")
+    (ckpt,) = (tmp_path / "cut" / "ckpt").glob("epoch=*-step=4.ckpt")
+    rest = fit(tmp_path / "cut", source, 1, ckpt_path=str(ckpt), magic_prime="auto")
+    assert first == whole[:len(first)] and len(first) + len(rest) == len(whole) and rest[0][0] == 4
+    for resumed, uninterrupted in zip(rest, whole[len(first):]):
         assert resumed[0] == uninterrupted[0]
         assert resumed[1:] == pytest.approx(uninterrupted[1:], rel=1e-6), (resumed, uninterrupted)

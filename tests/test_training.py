@@ -1,14 +1,20 @@
 """The model learns: a few dozen Lightning steps on real English prose lower the loss."""
 
 import csv
+import math
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from rwkv_infctx.data.datamodule import RWKVDataModule
+from rwkv_infctx.errors import ConfigError
 from rwkv_infctx.training.module import RWKVModule
 from rwkv_infctx.training.optim import lr_at, param_groups
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("version", ["x052", "x060", "x070"])
@@ -56,6 +62,34 @@ def test_lr_schedule_warmup_then_cosine():
     assert abs(lr_at(10, 100, 1e-3, 1e-4, 10) - 1e-3) < 1e-12
     assert abs(lr_at(100, 100, 1e-3, 1e-4, 10) - 1e-4) < 1e-12
     assert abs(lr_at(55, 100, 1e-3, 1e-4, 10) - 5.5e-4) < 1e-12  # cosine midpoint
+
+
+def test_lr_schedule_exponential_is_rwkv_v5s_geometric_decay():
+    def rwkv_v5(step, total, lr_init, lr_final, warmup):  # RWKV-v5/src/trainer.py, my_exit_tokens = 0
+        progress = min(1, max(0, (step - warmup + 1) / (total - warmup)))
+        lr = lr_init * math.exp(math.log(lr_final / lr_init) * progress)
+        return lr * (0.01 + 0.99 * step / warmup) if step < warmup else lr
+
+    for step in (0, 5, 9, 10, 11, 50, 98, 99, 100, 150):
+        assert lr_at(step, 100, 1e-3, 1e-5, 10, "exponential") == pytest.approx(rwkv_v5(step, 100, 1e-3, 1e-5, 10), rel=1e-12)
+    assert lr_at(99, 100, 1e-3, 1e-5, 10, "exponential") == pytest.approx(1e-5)  # reached at the last step
+    assert lr_at(54, 100, 1e-3, 1e-5, 10, "exponential") == pytest.approx(1e-4)  # geometric midpoint
+    with pytest.raises(ConfigError, match="lr_final > 0"):
+        lr_at(0, 100, 1e-3, 0.0, 10, "exponential")
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        lr_at(0, 100, 1e-3, 1e-5, 10, "linear")
+
+
+def test_minipile_recipe_schedule_gives_rwkv_lms_published_lr_column():
+    """RWKV-v7/train_temp/README.md: train_log.txt lr of mini-epochs 0..11 (last step of each, 2520 steps)."""
+    recipe = yaml.safe_load((ROOT / "RWKV-v7" / "minipile-L12-D768-ctx512.yaml").read_text())
+    model, trainer = recipe["model"], recipe["trainer"]
+    published = [0.00059975, 0.00059899, 0.00059773, 0.00059597, 0.00059371, 0.00059096,
+                 0.00058771, 0.00058399, 0.00057978, 0.00057511, 0.00056999, 0.00056441]
+    steps_per_mini_epoch = 40320 // (recipe["data"]["batch_size"] * trainer["devices"])
+    ours = [round(lr_at(steps_per_mini_epoch * (e + 1) - 1, trainer["max_steps"], float(model["lr_init"]),
+                        float(model["lr_final"]), model["warmup_steps"], model["lr_schedule"]), 8) for e in range(12)]
+    assert ours == published
 
 
 def test_offload_without_the_cpu_adam_op_is_a_one_line_config_error(monkeypatch):

@@ -16,7 +16,8 @@ from ..ops import CTX_LEN_MULTIPLE
 from .formats import ColumnSpec, Format, FormatConfig
 from .packing import Sample
 from .pipeline import DataSpec, load_or_build
-from .sampler import GlobalBatchSampler, ShardSampler
+from .magic_prime import check_magic_prime_setting, magic_prime_datasets, token_stream
+from .sampler import GlobalBatchSampler, MagicPrimeSampler, ShardSampler
 from .sources import binidx_prefix
 from .tokenizer import load_tokenizer
 
@@ -88,6 +89,7 @@ class RWKVDataModule(L.LightningDataModule):
         max_token_size: int | None = None,
         split_long: bool = False,
         sample_len: int | None = None,
+        magic_prime: int | Literal["auto"] | None = None,
         packing_len: int | None = None,
         sort_by_length: bool = False,
         test_split: float = 0.02,
@@ -123,6 +125,12 @@ class RWKVDataModule(L.LightningDataModule):
                 documents are otherwise kept whole: the chunked state carry trains on any length.
             split_long: Cut documents longer than max_token_size into pieces instead of dropping them.
             sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way).
+            magic_prime: auto or a prime = 2 (mod 3): BlinkDL's sampling (RWKV-LM's --magic_prime).
+                Sample n of the run is the sample_len + 1 tokens of the whole token stream from
+                token (floor(p * 0.618...) * (n+1)^3 mod p) * sample_len: every window once per
+                p samples, a fixed order (no shuffling, the same on any number of devices, resumable).
+                auto: the largest such prime below tokens / sample_len - 1. Needs sample_len; a
+                binidx source is read in place. Validation windows come from the end of the stream.
             packing_len: Pack whole short documents into samples of at most this many tokens.
             sort_by_length: Longest first (packing, or whole documents); training then keeps
                 this order instead of shuffling, so an out-of-memory batch shows at once.
@@ -141,8 +149,10 @@ class RWKVDataModule(L.LightningDataModule):
             raise DataError(f"data.test_split must be >= 0, got {test_split}")
         fmt = FormatConfig(format, text_column, prompt_column, completion_column, mask_prompt, list(columns or []),
                            conversation_column, chat_template, train_on)
-        self.spec = DataSpec(source, source_name, split, data_files, tokenizer, fmt, min_token_size,
-                             max_token_size, split_long, sample_len, packing_len, sort_by_length)
+        check_magic_prime_setting(magic_prime, sample_len, packing_len)
+        self.spec = DataSpec(source, source_name, split, data_files, tokenizer, fmt, min_token_size, max_token_size,
+                             split_long, None if magic_prime is not None else sample_len,  # magic_prime windows the stream
+                             packing_len, sort_by_length)
         self.max_token_id: int | None = None
         self.tokenizer_vocab_size: int | None = None
         self.train_set = self.val_set = None
@@ -156,13 +166,19 @@ class RWKVDataModule(L.LightningDataModule):
         return {**meta, "built": built}
 
     def prepare_data(self) -> None:
-        if self.hparams.data_path:  # rank 0 builds the cache once; setup() then reads it everywhere
+        in_place = self.hparams.magic_prime is not None and binidx_prefix(self.hparams.source)
+        if self.hparams.data_path and not in_place:  # rank 0 builds the cache once; setup() then reads it everywhere
             self.preload()
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         # binidx data was tokenised elsewhere: only its ids are checked, not data.tokenizer
         self.tokenizer_vocab_size = None if binidx_prefix(hp.source) else load_tokenizer(hp.tokenizer).vocab_size
+        if hp.magic_prime is not None:  # BlinkDL's sampling: windows of the whole token stream
+            tokens, train, self.max_token_id = token_stream(self.spec, hp.data_path, hp.num_proc)
+            self.train_set, self.val_set = magic_prime_datasets(stage, tokens, train, hp.sample_len,
+                                                                hp.magic_prime, hp.test_split)
+            return
         samples, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
         self.max_token_id = int(meta["max_token_id"])
         rank_zero_info(f"data: {len(samples)} samples ({'built' if built else 'read from cache'})")
@@ -183,8 +199,9 @@ class RWKVDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         world_size, rank = self._world()
-        sampler = GlobalBatchSampler(self.train_set, self.hparams.batch_size, world_size, rank,
-                                     shuffle=not self.hparams.sort_by_length, seed=self.hparams.seed)
+        sampler_class = MagicPrimeSampler if self.hparams.magic_prime is not None else GlobalBatchSampler
+        sampler = sampler_class(self.train_set, self.hparams.batch_size, world_size, rank,
+                                shuffle=not self.hparams.sort_by_length, seed=self.hparams.seed)
         if self._resume:
             sampler.resume(self._resume["epoch"], self._batches_to_skip(sampler.global_batch))
             self._resume = None

@@ -17,6 +17,8 @@ from collections.abc import Iterator, Sized
 import numpy as np
 from torch.utils.data import DistributedSampler
 
+from .magic_prime import window_index
+
 
 class GlobalBatchSampler(DistributedSampler):
     def __init__(self, dataset: Sized, batch_size: int, world_size: int = 1, rank: int = 0,
@@ -50,14 +52,37 @@ class GlobalBatchSampler(DistributedSampler):
         padding = self.batches_per_epoch * self.global_batch - n
         return np.concatenate([order, np.resize(order, padding)]) if padding else order
 
-    def __iter__(self) -> Iterator[int]:
-        skip = 0
-        if self._resume_at is not None and self._resume_at[0] == self.epoch:
-            skip = self._resume_at[1]
+    def _take_resume_skip(self) -> int:
+        """Batches of this epoch to skip: those done before the checkpoint, once, on the resumed epoch."""
+        skip = self._resume_at[1] if self._resume_at is not None and self._resume_at[0] == self.epoch else 0
         self._resume_at = None
+        return skip
+
+    def __iter__(self) -> Iterator[int]:
+        skip = self._take_resume_skip()
         batches = self.global_order().reshape(self.batches_per_epoch, self.global_batch)
         mine = batches[skip:, self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         return iter(mine.reshape(-1).tolist())
+
+
+class MagicPrimeSampler(GlobalBatchSampler):
+    """BlinkDL's magic_prime order: sample n of the run is window ``window_index(n, p)``, p = len(dataset).
+
+    Samples are counted over the whole run, epochs included, so the order continues across
+    epochs and after a resume exactly as in one uninterrupted run. As in RWKV-LM, element j of a
+    rank's micro-batch k is sample ``k * global_batch + j * world_size + rank``: each step takes
+    the same consecutive samples on any number of devices (only which rank gets which differs).
+    The indices are computed as they are drawn: nothing grows with the corpus. ``shuffle`` and
+    ``seed`` are accepted for a common signature and ignored: the order is the formula's.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        skip = self._take_resume_skip()
+        p = len(self.dataset)
+        for batch in range(self.epoch * self.batches_per_epoch + skip, (self.epoch + 1) * self.batches_per_epoch):
+            first = batch * self.global_batch + self.rank
+            for j in range(self.batch_size):
+                yield window_index(first + j * self.num_replicas, p)
 
 
 class ShardSampler(DistributedSampler):

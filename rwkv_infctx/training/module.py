@@ -45,6 +45,7 @@ class RWKVModule(L.LightningModule):
         wkv_fallback: str | None = None,
         lr_init: float = 6e-4,
         lr_final: float = 6e-5,
+        lr_schedule: Literal["cosine", "exponential"] = "cosine",
         warmup_steps: int = 10,
         beta1: float = 0.9,
         beta2: float = 0.99,
@@ -75,7 +76,9 @@ class RWKVModule(L.LightningModule):
             wkv_fallback: The backend to use, with a warning, when wkv_backend cannot run on this
                 machine (e.g. chunked); null makes that a one-line error instead.
             lr_init: Peak learning rate (after warmup).
-            lr_final: Learning rate at the last step (cosine decay from lr_init).
+            lr_final: Learning rate at the end of the decay from lr_init (see lr_schedule).
+            lr_schedule: cosine (RWKV-v7's, with --my_exit_tokens) or exponential (RWKV-v5's
+                geometric decay without it), from lr_init after warmup to lr_final at the last step.
             warmup_steps: Optimizer steps of linear warmup from 1% of lr_init.
             beta1: Adam beta1.
             beta2: Adam beta2.
@@ -228,7 +231,7 @@ class RWKVModule(L.LightningModule):
         total = max(int(self.trainer.estimated_stepping_batches), 1)
 
         def factor(step: int) -> float:
-            return lr_at(step, total, hp.lr_init, hp.lr_final, hp.warmup_steps) / hp.lr_init
+            return lr_at(step, total, hp.lr_init, hp.lr_final, hp.warmup_steps, hp.lr_schedule) / hp.lr_init
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

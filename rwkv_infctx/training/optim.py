@@ -34,14 +34,29 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def lr_at(step: int, total_steps: int, lr_init: float, lr_final: float, warmup_steps: int) -> float:
-    """Linear warmup from 1% of lr_init, then cosine from lr_init to lr_final (BlinkDL's v7 schedule)."""
-    if total_steps <= warmup_steps:
-        progress = 1.0
-    else:
-        progress = min(max((step - warmup_steps) / (total_steps - warmup_steps), 0.0), 1.0)
+LR_SCHEDULES = ("cosine", "exponential")
+
+
+def lr_at(step: int, total_steps: int, lr_init: float, lr_final: float, warmup_steps: int,
+          schedule: str = "cosine") -> float:
+    """Linear warmup from 1% of lr_init, then a decay from lr_init to lr_final, as BlinkDL's trainers do.
+
+    cosine (RWKV-v7 train_temp, with --my_exit_tokens): lr_final is reached at step total_steps.
+    exponential (RWKV-v5 without --my_exit_tokens): geometric, lr_final reached at the last step
+    (total_steps - 1); BlinkDL's progress (step - warmup + 1) / (total - warmup) kept as is.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"model.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
     final_ratio = lr_final / lr_init
-    lr = lr_init * ((0.5 + final_ratio / 2) + (0.5 - final_ratio / 2) * math.cos(math.pi * progress))
+    decay_steps = total_steps - warmup_steps
+    if schedule == "exponential":
+        if final_ratio <= 0:
+            raise ConfigError(f"model.lr_schedule=exponential needs lr_final > 0 (got {lr_final}); or use cosine")
+        progress = min(max((step - warmup_steps + 1) / decay_steps, 0.0), 1.0) if decay_steps > 0 else 1.0
+        lr = lr_init * math.exp(math.log(final_ratio) * progress)
+    else:
+        progress = min(max((step - warmup_steps) / decay_steps, 0.0), 1.0) if decay_steps > 0 else 1.0
+        lr = lr_init * ((0.5 + final_ratio / 2) + (0.5 - final_ratio / 2) * math.cos(math.pi * progress))
     if step < warmup_steps:
         lr *= 0.01 + 0.99 * step / warmup_steps
     return lr
