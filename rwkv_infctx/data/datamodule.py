@@ -11,30 +11,38 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+Sample = tuple[np.ndarray, np.ndarray]  # (ids, train), same length
+
 from ..errors import DataError
 from ..ops import CTX_LEN_MULTIPLE
 from .formats import ColumnSpec, Format, FormatConfig
-from .packing import Sample
 from .pipeline import DataSpec, load_or_build
 from .sampler import GlobalBatchSampler, ShardSampler
 from .sources import binidx_prefix
+from .store import SampleStore
 from .tokenizer import load_tokenizer
 
 DEFAULT_SOURCE = str(Path(__file__).parent / "corpus" / "english_prose.jsonl")
 
 
 class TokenSamples(Dataset):
-    def __init__(self, samples: list[Sample]):
-        self.samples = samples
+    """The samples of a ``SampleStore`` picked by an index array (a split): no object per sample."""
+
+    def __init__(self, store: SampleStore, index: np.ndarray | None = None):
+        self.store = store
+        self.index = np.arange(len(store)) if index is None else np.asarray(index, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> Sample:
-        if i == len(self.samples):  # ShardSampler's filler: a real sample's shape, nothing trained
-            ids, train = self.samples[0]
+        if i == len(self.index):  # ShardSampler's filler: a real sample's shape, nothing trained
+            ids, train = self.store[int(self.index[0])]
             return ids, np.zeros(len(train), dtype=bool)
-        return self.samples[i]
+        return self.store[int(self.index[i])]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def collate_samples(samples: list[Sample], multiple: int = CTX_LEN_MULTIPLE) -> dict[str, torch.Tensor]:
@@ -143,7 +151,8 @@ class RWKVDataModule(L.LightningDataModule):
                            conversation_column, chat_template, train_on)
         self.spec = DataSpec(source, source_name, split, data_files, tokenizer, fmt, min_token_size,
                              max_token_size, split_long, sample_len, packing_len, sort_by_length)
-        self.max_token_id: int | None = None
+        self._max_token_id: int | None = None
+        self._store: SampleStore | None = None
         self.tokenizer_vocab_size: int | None = None
         self.train_set = self.val_set = None
         self._resume: dict | None = None
@@ -163,15 +172,24 @@ class RWKVDataModule(L.LightningDataModule):
         hp = self.hparams
         # binidx data was tokenised elsewhere: only its ids are checked, not data.tokenizer
         self.tokenizer_vocab_size = None if binidx_prefix(hp.source) else load_tokenizer(hp.tokenizer).vocab_size
-        samples, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
-        self.max_token_id = int(meta["max_token_id"])
-        rank_zero_info(f"data: {len(samples)} samples ({'built' if built else 'read from cache'})")
+        store, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
+        self._store, self._max_token_id = store, meta["max_token_id"]
+        how = "read in place" if meta.get("in_place") else "built" if built else "read from cache"
+        rank_zero_info(f"data: {len(store)} samples ({how})")
         if stage in ("validate", "test"):  # evaluate on the whole source
-            self.train_set, self.val_set = None, TokenSamples(samples)
+            self.train_set, self.val_set = None, TokenSamples(store)
             return
-        train_idx, test_idx = split_train_test(len(samples), hp.test_split, hp.seed)
-        self.train_set = TokenSamples([samples[i] for i in train_idx])
-        self.val_set = TokenSamples([samples[i] for i in test_idx]) if len(test_idx) else None
+        train_idx, test_idx = split_train_test(len(store), hp.test_split, hp.seed)
+        self.train_set = TokenSamples(store, train_idx)
+        self.val_set = TokenSamples(store, test_idx) if len(test_idx) else None
+
+    @property
+    def max_token_id(self) -> int | None:
+        """The largest token id of the data (checked against model.vocab_size). A binidx source read in
+        place is scanned for it only when asked, so that opening it stays instant."""
+        if self._max_token_id is None and self._store is not None and hasattr(self._store, "binidx"):
+            self._max_token_id = self._store.binidx.max_token_id()
+        return self._max_token_id
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
