@@ -99,3 +99,61 @@ def test_streaming_cache_equals_the_in_memory_pipeline(tmp_path, name):
         assert ids.tolist() == want_ids.tolist() and train.tolist() == want_train.tolist()
     reread, _, built = pipeline.load_or_build(spec, str(tmp_path / "cache"))
     assert not built and [s[0].tolist() for s in reread] == [e[0].tolist() for e in expected]
+
+
+def _samples(store):
+    return [(ids.tolist(), train.tolist()) for ids, train in store]
+
+
+def test_compressed_sharded_and_parquet_sources_give_the_same_samples(tmp_path):
+    import gzip
+
+    import datasets
+    import zstandard
+
+    records = corpus_records(60)
+    lines = "".join(json.dumps(r) + "\n" for r in records).encode()
+    (tmp_path / "plain.jsonl").write_bytes(lines)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "d.json.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(lines))
+    shards, parquet = tmp_path / "shards", tmp_path / "parquet"
+    shards.mkdir(), parquet.mkdir()
+    for n, part in enumerate((records[:25], records[25:])):  # shard names sort in corpus order
+        (shards / f"part-{n}.jsonl.zst").write_bytes(
+            zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in part).encode()))
+        datasets.Dataset.from_list(part).to_parquet(str(parquet / f"part-{n}.parquet"))
+    spec = dict(sample_len=9)
+    want = _samples(pipeline.build_samples(pipeline.DataSpec(source=str(tmp_path / "plain.jsonl"), **spec)))
+    assert want == [(i.tolist(), t.tolist()) for i, t in reference_samples(records, pipeline.DataSpec(source="", **spec))]
+    for source in ("d.jsonl.gz", "d.json.gz", "d.jsonl.zst", "shards", "shards/*.jsonl.zst", "parquet"):
+        got = _samples(pipeline.build_samples(pipeline.DataSpec(source=str(tmp_path / source), **spec)))
+        assert got == want, source
+
+
+def test_workers_and_batches_do_not_change_the_samples(tmp_path, monkeypatch):
+    records = corpus_records(300, seed=1)
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    spec = pipeline.DataSpec(source=str(src), packing_len=64)
+    monkeypatch.setattr(pipeline, "_RECORD_BATCH", 7)  # documents and packs cross batch boundaries
+    got = _samples(pipeline.build_samples(spec, num_proc=2))
+    assert got == [(i.tolist(), t.tolist()) for i, t in reference_samples(records, spec)]
+
+
+def test_fit_opens_the_cache_by_memory_map_with_index_arrays(tmp_path):
+    import pickle
+
+    from rwkv_infctx.data.datamodule import RWKVDataModule
+
+    src = tmp_path / "d.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in corpus_records(80)))
+    data = RWKVDataModule(source=str(src), data_path=str(tmp_path / "cache"), sample_len=5, test_split=0.1)
+    data.prepare_data()
+    data.setup("fit")
+    train = data.train_set
+    assert isinstance(train.store.tokens, np.memmap) and isinstance(train.index, np.ndarray)
+    assert len(train) + len(data.val_set) == len(train.store)
+    clone = pickle.loads(pickle.dumps(train))  # DataLoader workers reopen the files, no copy
+    assert len(pickle.dumps(train.store)) < 1000
+    assert [s[0].tolist() for s in clone] == [s[0].tolist() for s in train]
