@@ -107,14 +107,16 @@ class RWKVDataModule(L.LightningDataModule):
 
         Args:
             source: A Hugging Face hub dataset name, or a local file, folder or glob of
-                .json/.jsonl/.parquet/.csv/.txt/.md files, or an RWKV-LM binidx prefix (data/x for
-                data/x.bin + data/x.idx). Default: the embedded English prose corpus.
+                .json/.jsonl/.parquet/.csv/.txt/.md files (.jsonl.zst, .jsonl.gz and .json.gz are read
+                compressed), or an RWKV-LM binidx prefix (data/x for data/x.bin + data/x.idx, read in
+                place by memory map). Default: the embedded English prose corpus.
             source_name: The hub dataset's configuration name (load_dataset's second argument).
             split: The hub dataset's split.
             data_files: Passed to datasets.load_dataset for hub datasets.
             tokenizer: world (RWKV, 65536), neox (GPT-NeoX 20B, 50277) or a Hugging Face tokenizer.json path.
             data_path: Cache folder: tokenised samples are saved in a subfolder named by a hash of
-                every setting that changes them, and read back on the next run.
+                every setting that changes them, and memory-mapped on the next run. Without it, the
+                cache is built in a temporary folder for this run.
             overwrite_cache: Rebuild the cache for these settings even if it exists.
             num_proc: Worker processes for tokenisation.
             format: text | prompt_completion | columns | conversation.
@@ -130,7 +132,8 @@ class RWKVDataModule(L.LightningDataModule):
             max_token_size: Drop documents longer than this (or cut them, with split_long). Long
                 documents are otherwise kept whole: the chunked state carry trains on any length.
             split_long: Cut documents longer than max_token_size into pieces instead of dropping them.
-            sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way).
+            sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way);
+                a positive number or null.
             packing_len: Pack whole short documents into samples of at most this many tokens.
             sort_by_length: Longest first (packing, or whole documents); training then keeps
                 this order instead of shuffling, so an out-of-memory batch shows at once.
