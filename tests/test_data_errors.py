@@ -165,3 +165,12 @@ def test_gzip_of_broken_json_names_the_line(tmp_path):
     with pytest.raises(DataError) as exc:
         pipeline.build_samples(pipeline.DataSpec(source=str(tmp_path / "b.jsonl.gz")))
     assert "b.jsonl.gz: line 2 is not valid JSON" in one_line(exc)
+
+
+@pytest.mark.parametrize("args, said", [(["--data.sample_len", "0"], "data.sample_len must be a positive"),
+                                        (["--data.source", "data/x.jsonl"], "no such file")],
+                         ids=["sample_len-0", "mistyped-path"])
+def test_fit_prints_one_line_and_exits_2(capsys, tmp_path, args, said):
+    from tests.test_cli import one_line_error
+
+    assert said in one_line_error(args, capsys, tmp_path)
