@@ -16,6 +16,7 @@ Sample = tuple[np.ndarray, np.ndarray]  # (ids, train), same length
 from ..errors import DataError
 from ..ops import CTX_LEN_MULTIPLE
 from .formats import ColumnSpec, Format, FormatConfig
+from .mixing import ConcatStore, mixture_counts, mixture_index, parse_entries
 from .pipeline import DataSpec, load_or_build
 from .sampler import GlobalBatchSampler, ShardSampler
 from .sources import binidx_prefix
@@ -72,6 +73,18 @@ def split_train_test(n: int, test_split: float, seed: int) -> tuple[np.ndarray, 
     return order[n_test:], order[:n_test]
 
 
+# The data.* keys that change a source's samples: data.sources entries may override them per source.
+_FORMAT_KEYS = ("format", "text_column", "prompt_column", "completion_column", "mask_prompt", "columns",
+                "conversation_column", "chat_template", "train_on")
+_PER_SOURCE_KEYS = {"source", "source_name", "split", "data_files", *_FORMAT_KEYS, "min_token_size",
+                    "max_token_size", "split_long", "sample_len", "packing_len", "sort_by_length"}
+
+
+def _make_spec(values: dict) -> DataSpec:
+    fmt = FormatConfig(*(values[k] if k != "columns" else list(values[k] or []) for k in _FORMAT_KEYS))
+    return DataSpec(fmt=fmt, **{k: v for k, v in values.items() if k not in _FORMAT_KEYS})
+
+
 class RWKVDataModule(L.LightningDataModule):
     def __init__(
         self,
@@ -102,6 +115,7 @@ class RWKVDataModule(L.LightningDataModule):
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 42,
+        sources: list[dict] | None = None,
     ):
         """Text data for RWKV training: load, tokenise, format, pack, cache.
 
@@ -143,6 +157,13 @@ class RWKVDataModule(L.LightningDataModule):
                 each global batch are the same whatever the number of devices.
             num_workers: DataLoader worker processes.
             seed: Seed of the train/validation split and of the shuffling.
+            sources: Several sources in one run, instead of source: a list of {source, weight} or
+                {source, repeat}, each with any of the format and length keys above to override
+                for that source (e.g. format: conversation). Each source has its own cache. weight:
+                the source's share of the training samples of an epoch (epoch size = all training
+                samples); repeat: how many times its samples are used per epoch (0.5: a seeded half;
+                2: each twice). The mixture is drawn once per run with the seed; validation holds
+                out test_split of every source, unweighted.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -150,12 +171,16 @@ class RWKVDataModule(L.LightningDataModule):
             raise DataError(f"data.batch_size must be positive, got {batch_size}")
         if test_split < 0:
             raise DataError(f"data.test_split must be >= 0, got {test_split}")
-        fmt = FormatConfig(format, text_column, prompt_column, completion_column, mask_prompt, list(columns or []),
-                           conversation_column, chat_template, train_on)
-        self.spec = DataSpec(source, source_name, split, data_files, tokenizer, fmt, min_token_size,
-                             max_token_size, split_long, sample_len, packing_len, sort_by_length)
+        base = {k: v for k, v in self.hparams.items() if k in _PER_SOURCE_KEYS | {"tokenizer"}}
+        self.weights = self.repeats = None
+        if sources is None:
+            self.specs = [_make_spec(base)]
+        else:
+            overrides, self.weights, self.repeats = parse_entries(sources, _PER_SOURCE_KEYS)
+            self.specs = [_make_spec({**base, **o}) for o in overrides]
+        self.spec = self.specs[0]
         self._max_token_id: int | None = None
-        self._store: SampleStore | None = None
+        self._stores: list[SampleStore] = []
         self.tokenizer_vocab_size: int | None = None
         self.train_set = self.val_set = None
         self._resume: dict | None = None
@@ -163,9 +188,15 @@ class RWKVDataModule(L.LightningDataModule):
     def preload(self, overwrite: bool | None = None) -> dict:
         """Build (or find) the cache; returns its metadata. Used by preload_datapath.py."""
         hp = self.hparams
-        _, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc,
-                                       hp.overwrite_cache if overwrite is None else overwrite)
-        return {**meta, "built": built}
+        overwrite = hp.overwrite_cache if overwrite is None else overwrite
+        metas = [{**meta, "built": built} for _, meta, built in
+                 (load_or_build(spec, hp.data_path, hp.num_proc, overwrite) for spec in self.specs)]
+        if len(metas) == 1:
+            return metas[0]
+        ids = [m["max_token_id"] for m in metas if m["max_token_id"] is not None]
+        return {"samples": sum(m["samples"] for m in metas), "tokens": sum(m["tokens"] for m in metas),
+                "max_token_id": max(ids, default=None), "built": any(m["built"] for m in metas),
+                "in_place": all(m.get("in_place") for m in metas)}
 
     def prepare_data(self) -> None:
         if self.hparams.data_path:  # rank 0 builds the cache once; setup() then reads it everywhere
@@ -174,15 +205,25 @@ class RWKVDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         hp = self.hparams
         # binidx data was tokenised elsewhere: only its ids are checked, not data.tokenizer
-        self.tokenizer_vocab_size = None if binidx_prefix(hp.source) else load_tokenizer(hp.tokenizer).vocab_size
-        store, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
-        self._store, self._max_token_id = store, meta["max_token_id"]
-        how = "read in place" if meta.get("in_place") else "built" if built else "read from cache"
-        rank_zero_info(f"data: {len(store)} samples ({how})")
+        tokenized_here = [spec for spec in self.specs if not binidx_prefix(spec.source)]
+        self.tokenizer_vocab_size = load_tokenizer(hp.tokenizer).vocab_size if tokenized_here else None
+        opened = [load_or_build(spec, hp.data_path, hp.num_proc, overwrite=False) for spec in self.specs]
+        self._stores = [store for store, _, _ in opened]
+        self._max_token_id = None
+        self._max_ids = [meta["max_token_id"] for _, meta, _ in opened]
+        store = self._stores[0] if len(opened) == 1 else ConcatStore(self._stores)
+        for spec, (part, meta, built) in zip(self.specs, opened):
+            how = "read in place" if meta.get("in_place") else "built" if built else "read from cache"
+            rank_zero_info(f"data: {len(part)} samples of {spec.source} ({how})")
         if stage in ("validate", "test"):  # evaluate on the whole source
             self.train_set, self.val_set = None, TokenSamples(store)
             return
         train_idx, test_idx = split_train_test(len(store), hp.test_split, hp.seed)
+        if len(opened) > 1:
+            pools = [train_idx[store.source_of(train_idx) == k] for k in range(len(opened))]
+            counts = mixture_counts([len(p) for p in pools], self.weights, self.repeats)
+            train_idx = mixture_index(pools, counts, hp.seed)
+            rank_zero_info(f"data: training mixture of {counts} samples per source")
         self.train_set = TokenSamples(store, train_idx)
         self.val_set = TokenSamples(store, test_idx) if len(test_idx) else None
 
@@ -190,8 +231,9 @@ class RWKVDataModule(L.LightningDataModule):
     def max_token_id(self) -> int | None:
         """The largest token id of the data (checked against model.vocab_size). A binidx source read in
         place is scanned for it only when asked, so that opening it stays instant."""
-        if self._max_token_id is None and self._store is not None and hasattr(self._store, "binidx"):
-            self._max_token_id = self._store.binidx.max_token_id()
+        if self._max_token_id is None and self._stores:
+            self._max_token_id = max(known if known is not None else store.binidx.max_token_id()
+                                     for known, store in zip(self._max_ids, self._stores))
         return self._max_token_id
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
