@@ -31,7 +31,7 @@ from .store import NpyAppender, SampleStore, open_binidx, open_cache
 from .tokenizer import load_tokenizer
 
 CACHE_VERSION = 2
-_RECORD_BATCH = 4096  # records read back per step from the tokenised Arrow file
+_RECORD_BATCH = 256  # documents per step: the working set is one batch, bounded whatever the corpus size
 
 
 @dataclass
