@@ -8,6 +8,7 @@ step runs in its own process, whose memory (and its workers') is sampled every 0
 RSS (what `top` shows; it includes the pages of memory-mapped files it has read, which the kernel
 reclaims at will) and RssAnon (the process's own heap, the memory it needs).
 
+data start-up = open the cache (or binidx) as fit does, split, and collate the first batch;
 fit start-up = `lightning_trainer.py fit` with a tiny model (2 layers, n_embd 64) for one step
 (sample_len 512, batch 1): the cache is opened, split and sampled, and one batch is trained.
 """
@@ -133,6 +134,24 @@ def fit_startup(cfg: Path, folder: Path) -> dict:
                          "--trainer.enable_checkpointing", "false", "--trainer.default_root_dir", str(folder / "run")])
 
 
+_DATA_STARTUP = """
+import sys, time
+start = time.perf_counter()
+sys.path.insert(0, {root!r})
+from rwkv_infctx.scripts.preload import data_module_from_config
+data, _ = data_module_from_config({cfg!r}, {{}})
+data.setup("fit")
+batch = next(iter(data.train_dataloader()))
+print(f"{{len(data.train_set)}} training samples, first batch {{tuple(batch['input_ids'].shape)}} "
+      f"in {{time.perf_counter() - start:.2f}} s")
+"""
+
+
+def data_startup(cfg: Path) -> dict:
+    """The data side of fit's start-up alone: open the cache (or binidx), split, sample, collate one batch."""
+    return run_measured([sys.executable, "-c", _DATA_STARTUP.format(root=str(ROOT), cfg=str(cfg))])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=float, nargs="+", default=[25e6, 100e6])
@@ -152,6 +171,7 @@ def main() -> None:
         row = {"target_tokens": tokens, "corpus_mb": round(corpus.stat().st_size / 2**20)}
         row["preload"] = run_measured([sys.executable, "preload_datapath.py", str(cfg), "--overwrite",
                                        "--num_proc", str(args.num_proc)])
+        row["data_startup"] = data_startup(cfg)
         row["fit_startup"] = fit_startup(cfg, folder)
         results["jsonl"].append(row)
         print(json.dumps(row), flush=True)
@@ -159,7 +179,7 @@ def main() -> None:
         folder = work / f"binidx-{tokens / 1e6:g}M"
         folder.mkdir(exist_ok=True)
         cfg = write_config(folder, make_binidx(folder / "corpus", tokens))
-        row = {"tokens": tokens, "fit_startup": fit_startup(cfg, folder)}
+        row = {"tokens": tokens, "data_startup": data_startup(cfg), "fit_startup": fit_startup(cfg, folder)}
         results["binidx"].append(row)
         print(json.dumps(row), flush=True)
     out = Path(args.out)
@@ -173,15 +193,17 @@ def to_markdown(results: dict) -> str:
              "| data | corpus | step | wall s | peak RSS MB | peak RssAnon MB (all processes) | main process RssAnon MB | output |",
              "|---|---|---|---|---|---|---|---|"]
     for row in results["jsonl"]:
-        for step in ("preload", "fit_startup"):
+        for step in ("preload", "data_startup", "fit_startup"):
             r = row[step]
             lines.append(f"| jsonl {row['target_tokens'] / 1e6:g}M tokens | {row['corpus_mb']} MB | {step} | {r['seconds']} | "
                          f"{r['peak_rss_mb']} | {r['peak_anon_mb']} | {r['peak_main_anon_mb']} | "
-                         f"{r['stdout'][:110] if step == 'preload' else ''} |")
+                         f"{r['stdout'][:110] if step != 'fit_startup' else ''} |")
     for row in results["binidx"]:
-        r = row["fit_startup"]
-        lines.append(f"| binidx {row['tokens'] / 1e6:g}M tokens | {row['tokens'] * 2 / 2**20:.0f} MB | fit_startup | "
-                     f"{r['seconds']} | {r['peak_rss_mb']} | {r['peak_anon_mb']} | {r['peak_main_anon_mb']} | |")
+        for step in ("data_startup", "fit_startup"):
+            r = row[step]
+            lines.append(f"| binidx {row['tokens'] / 1e6:g}M tokens | {row['tokens'] * 2 / 2**20:.0f} MB | {step} | "
+                         f"{r['seconds']} | {r['peak_rss_mb']} | {r['peak_anon_mb']} | {r['peak_main_anon_mb']} | "
+                         f"{r['stdout'][:110] if step == 'data_startup' else ''} |")
     return "\n".join(lines) + "\n"
 
 
