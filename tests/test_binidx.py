@@ -200,3 +200,44 @@ def test_writer_refuses_what_it_cannot_store(tmp_path, docs, dtype, match):
     with pytest.raises(DataError, match=match):
         write_binidx(tmp_path / "d", docs, dtype=dtype)
     assert list(tmp_path.iterdir()) == []  # no partial pair, no temporary left behind
+
+
+_OPEN_AND_MEASURE = r"""
+import sys
+from array import array
+from pathlib import Path
+import numpy as np
+from rwkv_infctx.data import binidx, pipeline
+from rwkv_infctx.data.datamodule import TokenSamples, split_train_test
+
+def rss_kb():
+    return int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS")))
+
+folder = Path(sys.argv[1])
+for tokens in (1_000_000, 40_000_000):
+    prefix = folder / f"c{tokens}"
+    sizes = array("q", [1000] * (tokens // 1000))
+    (folder / f"c{tokens}.idx").write_bytes(binidx._index_bytes(sizes, np.dtype(np.uint16)))
+    with open(folder / f"c{tokens}.bin", "wb") as f:
+        f.truncate(tokens * 2)  # sparse: only the pages read would cost memory
+    for sample_len in (512, None):
+        before = rss_kb()
+        samples, _, _ = pipeline.load_or_build(pipeline.DataSpec(source=str(prefix), sample_len=sample_len), None)
+        train, test = split_train_test(len(samples), 0.01, 0)
+        first = TokenSamples(samples, train)[0]
+        print(tokens, sample_len, len(samples), rss_kb() - before, flush=True)
+"""
+
+
+def test_binidx_opens_in_place_with_flat_memory(tmp_path):
+    """A 40M-token .bin (80 MB) opens with about the memory of a 1M-token one: nothing is read or converted."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", _OPEN_AND_MEASURE, str(tmp_path)], cwd=root, capture_output=True,
+                         text=True, timeout=120, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    growth = {(int(t), s): int(kb) for t, s, _, kb in (line.split() for line in out.stdout.split("\n") if line)}
+    assert growth[(40_000_000, "512")] < 8_000 and growth[(40_000_000, "None")] < 8_000, growth  # kB; the file is 78 MB

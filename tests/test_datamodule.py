@@ -12,7 +12,7 @@ import torch
 from rwkv_infctx.data import pipeline
 from rwkv_infctx.data.datamodule import RWKVDataModule, collate_samples, split_train_test
 from rwkv_infctx.data.formats import ColumnSpec, FormatConfig, format_record
-from rwkv_infctx.data.packing import cut_stream, filter_lengths, pack
+from rwkv_infctx.data.packing import NextFit, WindowSpans, filter_lengths
 from rwkv_infctx.data.sources import resolve_files
 from rwkv_infctx.errors import ConfigError, DataError
 
@@ -73,32 +73,27 @@ def test_conversation_errors_name_the_problem():
         format_record({"conversations": [{"speaker": "x"}]}, FormatConfig(format="conversation"), CharTokenizer())
 
 
-def doc(n, start=1):
-    return np.arange(start, start + n), np.ones(n, dtype=np.int8)
-
-
-def test_packing_keeps_every_token_once_and_masks_document_starts():
-    docs = [doc(5, 10), doc(3, 20), doc(7, 30), doc(12, 40)]
-    packs = pack(docs, packing_len=10)
-    assert sorted(np.concatenate([p[0] for p in packs]).tolist()) == sorted(np.concatenate([d[0] for d in docs]).tolist())
-    assert [len(p[0]) for p in packs] == [8, 7, 12]  # 5+3 | 7 | 12 (a long document stays whole)
-    first = packs[0]
-    assert first[1].tolist() == [1, 1, 1, 1, 1, 0, 1, 1]  # token 20 starts a new document: not a target
-    sorted_packs = pack(docs, packing_len=12, sort_by_length=True)
-    assert [len(p[0]) for p in sorted_packs] == [12, 12, 3]  # longest first, next-fit: 12 | 7+5 | 3
+def test_next_fit_packing_carries_over_batches():
+    packer = NextFit(packing_len=10)
+    assert packer.starts(np.array([5, 3])).tolist() == [True, False]
+    assert packer.starts(np.array([7, 12, 2])).tolist() == [True, True, True]  # 5+3 | 7 | 12 alone | 2
+    assert NextFit(12).starts(np.array([12, 7, 5, 3])).tolist() == [True, True, False, True]
 
 
 def test_length_filters_and_split_long():
-    docs = [doc(2), doc(6), doc(20)]
-    assert [len(d[0]) for d in filter_lengths(docs, 3, 10, False)] == [6]
-    assert [len(d[0]) for d in filter_lengths(docs, None, 8, True)] == [2, 6, 8, 8, 4]
+    lengths = np.array([2, 6, 20])
+    kept, keep = filter_lengths(lengths, 3, 10, False)
+    assert kept.tolist() == [6] and keep.tolist() == [False] * 2 + [True] * 6 + [False] * 20
+    kept, keep = filter_lengths(lengths, None, 8, True)
+    assert kept.tolist() == [2, 6, 8, 8, 4] and keep.all()
+    kept, keep = filter_lengths(np.array([9, 1]), None, 4, True)  # pieces of one token are dropped
+    assert kept.tolist() == [4, 4] and keep.tolist() == [True] * 8 + [False, False]
 
 
-def test_cut_stream_predicts_every_token_once():
-    docs = [doc(7), doc(3, 50)]
-    windows = cut_stream(docs, 4)
-    stream = np.concatenate([d[0] for d in docs])
-    assert np.concatenate([w[0][1:] for w in windows]).tolist() == stream[1:].tolist()
+def test_windows_predict_every_token_once():
+    windows = WindowSpans(10, 4)
+    assert [windows[i] for i in range(len(windows))] == [(0, 5), (4, 9), (8, 10)]
+    assert windows.total_tokens() == 12 and len(WindowSpans(1, 4)) == 0
 
 
 def test_collate_shifts_labels_and_masks_padding():
@@ -152,7 +147,7 @@ def test_cache_reuse_rebuild_and_never_overwrite(tmp_path, monkeypatch):
     def no_build(*a, **k):
         raise AssertionError("the cache should have been reused")
 
-    monkeypatch.setattr(pipeline, "build_samples", no_build)
+    monkeypatch.setattr(pipeline, "build_cache", no_build)
     again, _, built = pipeline.load_or_build(spec, str(cache))
     assert not built and [a[0].tolist() for a in again] == [s[0].tolist() for s in samples]
     monkeypatch.undo()
@@ -161,7 +156,7 @@ def test_cache_reuse_rebuild_and_never_overwrite(tmp_path, monkeypatch):
     pipeline.load_or_build(other, str(cache))
     assert len(list(cache.glob("samples-*"))) == 2
     # pointing data_path at a cache built with another tokenizer is an error
-    with pytest.raises(DataError, match="built with tokenizer 'world'"):
+    with pytest.raises(DataError, match=r"built with other data settings: .*tokenizer='world' \(now 'neox'\)"):
         pipeline.cache_folder(str(next(cache.glob("samples-*"))), pipeline.DataSpec(source=str(src), tokenizer="neox"))
 
 
@@ -210,7 +205,7 @@ def test_binidx_source_trains_on_the_exact_tokens(tmp_path):
     for source in (tmp_path / "corpus", tmp_path / "corpus.bin"):
         data = RWKVDataModule(source=str(source), test_split=0, batch_size=3)
         data.setup("fit")
-        assert sorted(s[0].tolist() for s in data.train_set.samples) == sorted(docs)
+        assert sorted(s[0].tolist() for s in data.train_set) == sorted(docs)
     samples = pipeline.build_samples(pipeline.DataSpec(source=str(tmp_path / "corpus"), sample_len=4))
     assert np.concatenate([s[0][1:] for s in samples]).tolist() == sum(docs, [])[1:]
 
@@ -233,8 +228,8 @@ def test_hub_names_pass_config_split_and_data_files_to_load_dataset(monkeypatch)
 def test_fit_without_preload_builds_the_cache_once(tmp_path, monkeypatch):
     src = write_jsonl(tmp_path / "d.jsonl", [{"text": f"text number {i}. " * 8} for i in range(6)])
     calls = []
-    real_build = pipeline.build_samples
-    monkeypatch.setattr(pipeline, "build_samples", lambda *a, **k: calls.append(1) or real_build(*a, **k))
+    real_build = pipeline.build_cache
+    monkeypatch.setattr(pipeline, "build_cache", lambda *a, **k: calls.append(1) or real_build(*a, **k))
     data = RWKVDataModule(source=str(src), data_path=str(tmp_path / "cache"), batch_size=2)
     data.prepare_data()
     data.setup("fit")

@@ -63,6 +63,8 @@ def test_validation_shards_cover_every_sample_once_in_equal_numbers():
     shards = [list(ShardSampler(range(7), world_size=3, rank=r)) for r in range(3)]
     assert shards == [[0, 3, 6], [1, 4, 7], [2, 5, 7]]  # 7: the filler index, len(dataset)
     assert [len(ShardSampler(range(7), 3, r)) for r in range(3)] == [3, 3, 3]
-    samples = TokenSamples([(np.arange(5), np.ones(5, dtype=bool)), (np.arange(3), np.ones(3, dtype=bool))])
+    from rwkv_infctx.data.store import SampleStore
+    store = SampleStore(np.arange(8), np.ones(8, dtype=np.int8), np.array([[0, 5], [5, 8]]), ("test",))
+    samples = TokenSamples(store, np.array([0, 1]))
     ids, train = samples[2]
     assert np.array_equal(ids, np.arange(5)) and not train.any()  # shaped like a sample, trains nothing

@@ -127,6 +127,29 @@ class BinIdxDataset:
                             f"{self._bin_path.name} ({self._bin_bytes} bytes)")
         return self.tokens[pointer // item : pointer // item + size]
 
+    def document_spans(self) -> np.ndarray:
+        """(n, 2) [start, end) of every document in ``tokens``, checked against the .bin's size."""
+        item = self.dtype.itemsize
+        starts = self._pointers // item
+        spans = np.stack([starts, starts + self.sizes], axis=1)
+        bad = np.flatnonzero((self._pointers % item != 0) | (self.sizes < 0) | (spans[:, 1] * item > self._bin_bytes))
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"{self._idx_path}: document {i} (byte {int(self._pointers[i])}, {int(self.sizes[i])} "
+                            f"tokens) lies outside {self._bin_path.name} ({self._bin_bytes} bytes)")
+        return spans
+
+    def max_token_id(self, chunk_tokens: int = 1 << 24) -> int:
+        """The largest id in the .bin, read in chunks into private buffers: the whole file is read
+        once (linear time), but memory stays flat and the memory map's pages are not touched."""
+        largest = -1
+        with open(self._bin_path, "rb") as f:
+            while True:
+                chunk = np.fromfile(f, dtype=self.dtype.newbyteorder("<"), count=chunk_tokens)
+                if not len(chunk):
+                    return largest
+                largest = max(largest, int(chunk.max()))
+
     def __getstate__(self) -> dict:
         # Memory maps would be pickled as full copies; DataLoader workers reopen the files instead.
         return {"prefix": self.prefix}

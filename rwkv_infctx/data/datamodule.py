@@ -11,31 +11,38 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..ops import CTX_LEN_MULTIPLE
 from .formats import ColumnSpec, Format, FormatConfig
-from .packing import Sample
+from .magic_prime import check_magic_prime_setting, magic_prime_datasets
+from .mixing import ConcatStore, mixture_counts, mixture_index, parse_entries
 from .pipeline import DataSpec, load_or_build
-from .magic_prime import check_magic_prime_setting, magic_prime_datasets, token_stream
 from .sampler import GlobalBatchSampler, MagicPrimeSampler, ShardSampler
 from .sources import binidx_prefix
+from .store import Sample, SampleStore
 from .tokenizer import load_tokenizer
 
 DEFAULT_SOURCE = str(Path(__file__).parent / "corpus" / "english_prose.jsonl")
 
 
 class TokenSamples(Dataset):
-    def __init__(self, samples: list[Sample]):
-        self.samples = samples
+    """The samples of a ``SampleStore`` picked by an index array (a split): no object per sample."""
+
+    def __init__(self, store: SampleStore, index: np.ndarray | None = None):
+        self.store = store
+        self.index = np.arange(len(store)) if index is None else np.asarray(index, dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.index)
 
     def __getitem__(self, i: int) -> Sample:
-        if i == len(self.samples):  # ShardSampler's filler: a real sample's shape, nothing trained
-            ids, train = self.samples[0]
+        if i == len(self.index):  # ShardSampler's filler: a real sample's shape, nothing trained
+            ids, train = self.store[int(self.index[0])]
             return ids, np.zeros(len(train), dtype=bool)
-        return self.samples[i]
+        return self.store[int(self.index[i])]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 def collate_samples(samples: list[Sample], multiple: int = CTX_LEN_MULTIPLE) -> dict[str, torch.Tensor]:
@@ -63,6 +70,18 @@ def split_train_test(n: int, test_split: float, seed: int) -> tuple[np.ndarray, 
     n_test = round(n * test_split) if test_split < 1 else int(test_split)
     n_test = min(max(n_test, 1 if test_split > 0 else 0), n - 1)
     return order[n_test:], order[:n_test]
+
+
+# The data.* keys that change a source's samples: data.sources entries may override them per source.
+_FORMAT_KEYS = ("format", "text_column", "prompt_column", "completion_column", "mask_prompt", "columns",
+                "conversation_column", "chat_template", "train_on")
+_PER_SOURCE_KEYS = {"source", "source_name", "split", "data_files", *_FORMAT_KEYS, "min_token_size",
+                    "max_token_size", "split_long", "sample_len", "packing_len", "sort_by_length"}
+
+
+def _make_spec(values: dict) -> DataSpec:
+    fmt = FormatConfig(*(values[k] if k != "columns" else list(values[k] or []) for k in _FORMAT_KEYS))
+    return DataSpec(fmt=fmt, **{k: v for k, v in values.items() if k not in _FORMAT_KEYS})
 
 
 class RWKVDataModule(L.LightningDataModule):
@@ -96,19 +115,22 @@ class RWKVDataModule(L.LightningDataModule):
         batch_size: int = 4,
         num_workers: int = 0,
         seed: int = 42,
+        sources: list[dict] | None = None,
     ):
         """Text data for RWKV training: load, tokenise, format, pack, cache.
 
         Args:
             source: A Hugging Face hub dataset name, or a local file, folder or glob of
-                .json/.jsonl/.parquet/.csv/.txt/.md files, or an RWKV-LM binidx prefix (data/x for
-                data/x.bin + data/x.idx). Default: the embedded English prose corpus.
+                .json/.jsonl/.parquet/.csv/.txt/.md files (.jsonl.zst, .jsonl.gz and .json.gz are read
+                compressed), or an RWKV-LM binidx prefix (data/x for data/x.bin + data/x.idx, read in
+                place by memory map). Default: the embedded English prose corpus.
             source_name: The hub dataset's configuration name (load_dataset's second argument).
             split: The hub dataset's split.
             data_files: Passed to datasets.load_dataset for hub datasets.
             tokenizer: world (RWKV, 65536), neox (GPT-NeoX 20B, 50277) or a Hugging Face tokenizer.json path.
             data_path: Cache folder: tokenised samples are saved in a subfolder named by a hash of
-                every setting that changes them, and read back on the next run.
+                every setting that changes them, and memory-mapped on the next run. Without it, the
+                cache is built in a temporary folder for this run.
             overwrite_cache: Rebuild the cache for these settings even if it exists.
             num_proc: Worker processes for tokenisation.
             format: text | prompt_completion | columns | conversation.
@@ -124,7 +146,8 @@ class RWKVDataModule(L.LightningDataModule):
             max_token_size: Drop documents longer than this (or cut them, with split_long). Long
                 documents are otherwise kept whole: the chunked state carry trains on any length.
             split_long: Cut documents longer than max_token_size into pieces instead of dropping them.
-            sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way).
+            sample_len: Concatenate all documents and cut samples of exactly this many tokens (BlinkDL's way);
+                a positive number or null.
             magic_prime: auto or a prime = 2 (mod 3): BlinkDL's sampling (RWKV-LM's --magic_prime).
                 Sample n of the run is the sample_len + 1 tokens of the whole token stream from
                 token (floor(p * 0.618...) * (n+1)^3 mod p) * sample_len: every window once per
@@ -140,6 +163,13 @@ class RWKVDataModule(L.LightningDataModule):
                 each global batch are the same whatever the number of devices.
             num_workers: DataLoader worker processes.
             seed: Seed of the train/validation split and of the shuffling.
+            sources: Several sources in one run, instead of source: a list of {source, weight} or
+                {source, repeat}, each with any of the format and length keys above to override
+                for that source (e.g. format: conversation). Each source has its own cache. weight:
+                the source's share of the training samples of an epoch (epoch size = all training
+                samples); repeat: how many times its samples are used per epoch (0.5: a seeded half;
+                2: each twice). The mixture is drawn once per run with the seed; validation holds
+                out test_split of every source, unweighted.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -147,13 +177,21 @@ class RWKVDataModule(L.LightningDataModule):
             raise DataError(f"data.batch_size must be positive, got {batch_size}")
         if test_split < 0:
             raise DataError(f"data.test_split must be >= 0, got {test_split}")
-        fmt = FormatConfig(format, text_column, prompt_column, completion_column, mask_prompt, list(columns or []),
-                           conversation_column, chat_template, train_on)
         check_magic_prime_setting(magic_prime, sample_len, packing_len)
-        self.spec = DataSpec(source, source_name, split, data_files, tokenizer, fmt, min_token_size, max_token_size,
-                             split_long, None if magic_prime is not None else sample_len,  # magic_prime windows the stream
-                             packing_len, sort_by_length)
-        self.max_token_id: int | None = None
+        if magic_prime is not None and sources is not None:
+            raise ConfigError("data.magic_prime windows one token stream: give data.source, not data.sources")
+        base = {k: v for k, v in self.hparams.items() if k in _PER_SOURCE_KEYS | {"tokenizer"}}
+        if magic_prime is not None:
+            base["sample_len"] = None  # the cache keeps whole documents: magic_prime windows their stream
+        self.weights = self.repeats = None
+        if sources is None:
+            self.specs = [_make_spec(base)]
+        else:
+            overrides, self.weights, self.repeats = parse_entries(sources, _PER_SOURCE_KEYS)
+            self.specs = [_make_spec({**base, **o}) for o in overrides]
+        self.spec = self.specs[0]
+        self._max_token_id: int | None = None
+        self._stores: list[SampleStore] = []
         self.tokenizer_vocab_size: int | None = None
         self.train_set = self.val_set = None
         self._resume: dict | None = None
@@ -161,33 +199,59 @@ class RWKVDataModule(L.LightningDataModule):
     def preload(self, overwrite: bool | None = None) -> dict:
         """Build (or find) the cache; returns its metadata. Used by preload_datapath.py."""
         hp = self.hparams
-        _, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc,
-                                       hp.overwrite_cache if overwrite is None else overwrite)
-        return {**meta, "built": built}
+        overwrite = hp.overwrite_cache if overwrite is None else overwrite
+        metas = [{**meta, "built": built} for _, meta, built in
+                 (load_or_build(spec, hp.data_path, hp.num_proc, overwrite) for spec in self.specs)]
+        if len(metas) == 1:
+            return metas[0]
+        ids = [m["max_token_id"] for m in metas if m["max_token_id"] is not None]
+        return {"samples": sum(m["samples"] for m in metas), "tokens": sum(m["tokens"] for m in metas),
+                "max_token_id": max(ids, default=None), "built": any(m["built"] for m in metas),
+                "in_place": all(m.get("in_place") for m in metas)}
 
     def prepare_data(self) -> None:
-        in_place = self.hparams.magic_prime is not None and binidx_prefix(self.hparams.source)
-        if self.hparams.data_path and not in_place:  # rank 0 builds the cache once; setup() then reads it everywhere
+        if self.hparams.data_path:  # rank 0 builds the cache once; setup() then reads it everywhere
             self.preload()
 
     def setup(self, stage: str) -> None:
         hp = self.hparams
         # binidx data was tokenised elsewhere: only its ids are checked, not data.tokenizer
-        self.tokenizer_vocab_size = None if binidx_prefix(hp.source) else load_tokenizer(hp.tokenizer).vocab_size
+        tokenized_here = [spec for spec in self.specs if not binidx_prefix(spec.source)]
+        self.tokenizer_vocab_size = load_tokenizer(hp.tokenizer).vocab_size if tokenized_here else None
         if hp.magic_prime is not None:  # BlinkDL's sampling: windows of the whole token stream
-            tokens, train, self.max_token_id = token_stream(self.spec, hp.data_path, hp.num_proc)
-            self.train_set, self.val_set = magic_prime_datasets(stage, tokens, train, hp.sample_len,
+            store, meta, _ = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
+            self._stores, self._max_ids, self._max_token_id = [store], [meta["max_token_id"]], None
+            self.train_set, self.val_set = magic_prime_datasets(stage, store.tokens, store.train, hp.sample_len,
                                                                 hp.magic_prime, hp.test_split)
             return
-        samples, meta, built = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
-        self.max_token_id = int(meta["max_token_id"])
-        rank_zero_info(f"data: {len(samples)} samples ({'built' if built else 'read from cache'})")
+        opened = [load_or_build(spec, hp.data_path, hp.num_proc, overwrite=False) for spec in self.specs]
+        self._stores = [store for store, _, _ in opened]
+        self._max_token_id = None
+        self._max_ids = [meta["max_token_id"] for _, meta, _ in opened]
+        store = self._stores[0] if len(opened) == 1 else ConcatStore(self._stores)
+        for spec, (part, meta, built) in zip(self.specs, opened):
+            how = "read in place" if meta.get("in_place") else "built" if built else "read from cache"
+            rank_zero_info(f"data: {len(part)} samples of {spec.source} ({how})")
         if stage in ("validate", "test"):  # evaluate on the whole source
-            self.train_set, self.val_set = None, TokenSamples(samples)
+            self.train_set, self.val_set = None, TokenSamples(store)
             return
-        train_idx, test_idx = split_train_test(len(samples), hp.test_split, hp.seed)
-        self.train_set = TokenSamples([samples[i] for i in train_idx])
-        self.val_set = TokenSamples([samples[i] for i in test_idx]) if len(test_idx) else None
+        train_idx, test_idx = split_train_test(len(store), hp.test_split, hp.seed)
+        if len(opened) > 1:
+            pools = [train_idx[store.source_of(train_idx) == k] for k in range(len(opened))]
+            counts = mixture_counts([len(p) for p in pools], self.weights, self.repeats)
+            train_idx = mixture_index(pools, counts, hp.seed)
+            rank_zero_info(f"data: training mixture of {counts} samples per source")
+        self.train_set = TokenSamples(store, train_idx)
+        self.val_set = TokenSamples(store, test_idx) if len(test_idx) else None
+
+    @property
+    def max_token_id(self) -> int | None:
+        """The largest token id of the data (checked against model.vocab_size). A binidx source read in
+        place is scanned for it only when asked, so that opening it stays instant."""
+        if self._max_token_id is None and self._stores:
+            self._max_token_id = max(known if known is not None else store.binidx.max_token_id()
+                                     for known, store in zip(self._max_ids, self._stores))
+        return self._max_token_id
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
         return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,

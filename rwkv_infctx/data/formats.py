@@ -49,6 +49,16 @@ def _column(record: dict, name: str, setting: str):
     return record[name]
 
 
+def _text(record: dict, name: str, setting: str) -> str:
+    """A text column's value; null or a number is refused rather than trained on as "None" or "0"."""
+    value = _column(record, name, setting)
+    if value is None:
+        raise DataError(f"column {name!r} is null (remove the record or fill it in)")
+    if not isinstance(value, str):
+        raise DataError(f"column {name!r} holds {type(value).__name__} {str(value)[:40]!r}, not text")
+    return value
+
+
 def _pieces_to_ids(pieces: list[tuple[str, bool]], tokenizer) -> tuple[list[int], list[int]]:
     ids, train = [], []
     for text, is_target in pieces:
@@ -61,17 +71,17 @@ def _pieces_to_ids(pieces: list[tuple[str, bool]], tokenizer) -> tuple[list[int]
 
 
 def text_pieces(record: dict, cfg: FormatConfig) -> list[tuple[str, bool]]:
-    return [(str(_column(record, cfg.text_column, "text_column")), True)]
+    return [(_text(record, cfg.text_column, "text_column"), True)]
 
 
 def prompt_completion_pieces(record: dict, cfg: FormatConfig) -> list[tuple[str, bool]]:
-    prompt = str(_column(record, cfg.prompt_column, "prompt_column"))
-    completion = str(_column(record, cfg.completion_column, "completion_column"))
+    prompt = _text(record, cfg.prompt_column, "prompt_column")
+    completion = _text(record, cfg.completion_column, "completion_column")
     return [(prompt, not cfg.mask_prompt), (completion, True)]
 
 
 def column_pieces(record: dict, cfg: FormatConfig) -> list[tuple[str, bool]]:
-    return [(c.prefix + str(_column(record, c.name, "columns")) + c.suffix, c.train) for c in cfg.columns]
+    return [(c.prefix + _text(record, c.name, "columns") + c.suffix, c.train) for c in cfg.columns]
 
 
 ROLE_NAMES = {"user": "User", "human": "User", "assistant": "Assistant", "gpt": "Assistant",

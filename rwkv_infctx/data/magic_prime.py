@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from .packing import Sample
+from .store import Sample
 
 GOLDEN_FRACTION = (math.sqrt(5) - 1) / 2  # computed in float64 exactly as RWKV-LM does
 
@@ -129,27 +129,3 @@ def magic_prime_datasets(stage: str, tokens: np.ndarray, train: np.ndarray | Non
         rank_zero_warn(f"data.magic_prime={p} leaves {1 - covered:.0%} of the training tokens unused; "
                        f"auto would use {auto_magic_prime(len(train_set.tokens), sample_len)}")
     return train_set, val_set
-
-
-def token_stream(spec, data_path: str | None, num_proc: int = 1) -> tuple[np.ndarray, np.ndarray | None, int | None]:
-    """(tokens, train mask or None, max token id or None): every document, concatenated as stored.
-
-    A binidx source is its .bin, memory-mapped and never converted (every token trained; its
-    maximum is not scanned). Other sources go through the cache (``spec`` must not cut or pack),
-    memory-mapped when ``data_path`` is set.
-    """
-    from .binidx import BinIdxDataset
-    from .pipeline import cache_folder, load_or_build
-    from .sources import binidx_prefix
-
-    prefix = binidx_prefix(spec.source)
-    if prefix:
-        if spec.min_token_size or spec.max_token_size:
-            raise ConfigError("data.magic_prime reads a binidx source whole: unset data.min_token_size/max_token_size")
-        return BinIdxDataset(prefix).tokens, None, None
-    docs, meta, _ = load_or_build(spec, data_path, num_proc, overwrite=False)
-    if data_path:
-        folder = cache_folder(data_path, spec)
-        return (np.load(folder / "tokens.npy", mmap_mode="r"), np.load(folder / "train.npy", mmap_mode="r"),
-                int(meta["max_token_id"]))
-    return np.concatenate([d[0] for d in docs]), np.concatenate([d[1] for d in docs]), int(meta["max_token_id"])

@@ -1,4 +1,8 @@
-"""Length handling and packing of tokenised documents, on (ids, train) pairs of numpy arrays.
+"""Length handling and packing of tokenised documents, as arithmetic on document lengths.
+
+The pipeline streams documents as flat token arrays plus their lengths, so every step here
+works on a batch of lengths (numpy), never on per-document objects; the samples end up as spans
+``[start, end)`` of one token array.
 
 ``train[i]`` marks token i as a prediction target. Each document ends with the end-of-document
 token. When documents are packed into one sequence the state is NOT reset between them (one
@@ -11,64 +15,79 @@ from __future__ import annotations
 
 import numpy as np
 
-Sample = tuple[np.ndarray, np.ndarray]  # (ids, train), same length
 
+def filter_lengths(lengths: np.ndarray, min_tokens: int | None, max_tokens: int | None,
+                   split_long: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths of the documents kept, a keep mask over the batch's tokens).
 
-def filter_lengths(docs: list[Sample], min_tokens: int | None, max_tokens: int | None,
-                   split_long: bool) -> list[Sample]:
-    """Drop documents shorter than min_tokens; longer than max_tokens: drop, or cut when split_long."""
-    out = []
-    for ids, train in docs:
-        if min_tokens and len(ids) < min_tokens:
-            continue
-        if max_tokens and len(ids) > max_tokens:
-            if not split_long:
-                continue
-            out += [(ids[s:s + max_tokens], train[s:s + max_tokens]) for s in range(0, len(ids), max_tokens)]
-            continue
-        out.append((ids, train))
-    return [d for d in out if len(d[0]) > 1]
-
-
-def pack(docs: list[Sample], packing_len: int, sort_by_length: bool = False) -> list[Sample]:
-    """Greedy packing of whole documents into sequences of at most packing_len tokens.
-
-    A document longer than packing_len stays alone (infinite context trains on it whole).
+    Drops documents shorter than min_tokens; longer than max_tokens: drops them, or cuts them
+    into pieces of max_tokens when split_long. Documents (and pieces) of one token are dropped:
+    they predict nothing.
     """
-    order = sorted(range(len(docs)), key=lambda i: -len(docs[i][0])) if sort_by_length else range(len(docs))
-    packs: list[list[Sample]] = []
-    current: list[Sample] = []
-    used = 0
-    for i in order:
-        ids, train = docs[i]
-        if current and used + len(ids) > packing_len:
-            packs.append(current)
-            current, used = [], 0
-        current.append((ids, train))
-        used += len(ids)
-    if current:
-        packs.append(current)
-    return [_concat(p) for p in packs]
+    lengths = np.asarray(lengths, dtype=np.int64)
+    keep = np.ones(len(lengths), dtype=bool)
+    if min_tokens:
+        keep &= lengths >= min_tokens
+    pieces = np.ones(len(lengths), dtype=np.int64)
+    if max_tokens:
+        too_long = lengths > max_tokens
+        if split_long:
+            pieces[too_long] = -(-lengths[too_long] // max_tokens)
+        else:
+            keep &= ~too_long
+    piece_lengths = np.full(int(pieces.sum()), max_tokens or 0, dtype=np.int64)
+    last_piece = np.cumsum(pieces) - 1
+    piece_lengths[last_piece] = lengths - (pieces - 1) * (max_tokens or 0)
+    piece_keep = np.repeat(keep, pieces) & (piece_lengths > 1)
+    return piece_lengths[piece_keep], np.repeat(piece_keep, piece_lengths)
 
 
-def _concat(docs: list[Sample]) -> Sample:
-    trains = []
-    for n, (_, train) in enumerate(docs):
-        train = train.copy()
-        if n > 0:
-            train[0] = 0  # the first token of a packed document is not predicted from the one before
-        trains.append(train)
-    return np.concatenate([d[0] for d in docs]), np.concatenate(trains)
+class NextFit:
+    """Greedy packing of whole documents into sequences of at most packing_len tokens, in order.
+
+    A document longer than packing_len stays alone (infinite context trains on it whole). The
+    state carries over from one batch of lengths to the next.
+    """
+
+    def __init__(self, packing_len: int):
+        self.packing_len = packing_len
+        self.used = 0
+
+    def starts(self, lengths: np.ndarray) -> np.ndarray:
+        """Per document: whether it starts a new packed sequence."""
+        flags = np.zeros(len(lengths), dtype=bool)
+        for i, n in enumerate(lengths.tolist()):
+            if self.used == 0 or self.used + n > self.packing_len:
+                flags[i], self.used = True, 0
+            self.used += n
+        return flags
 
 
-def cut_stream(docs: list[Sample], sample_len: int) -> list[Sample]:
-    """Concatenate everything and cut windows of sample_len predictions (BlinkDL's way).
+class WindowSpans:
+    """Samples of ``sample_len`` predictions cut from one token stream (BlinkDL's way).
 
     Consecutive windows share one token so that every target of the stream is predicted once.
+    Computed, not stored: O(1) memory whatever the corpus size.
     """
-    if not docs:
-        return []
-    ids = np.concatenate([d[0] for d in docs])
-    train = np.concatenate([d[1] for d in docs])
-    starts = range(0, max(len(ids) - 1, 0), sample_len)
-    return [(ids[s:s + sample_len + 1], train[s:s + sample_len + 1]) for s in starts if len(ids[s:s + sample_len + 1]) > 1]
+
+    def __init__(self, n_tokens: int, sample_len: int):
+        self.n_tokens, self.sample_len = n_tokens, sample_len
+
+    def __len__(self) -> int:
+        return -(-(self.n_tokens - 1) // self.sample_len) if self.n_tokens > 1 else 0
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        start = int(i) * self.sample_len
+        return start, min(start + self.sample_len + 1, self.n_tokens)
+
+    def total_tokens(self) -> int:
+        n = len(self)
+        return (n - 1) * (self.sample_len + 1) + (self[n - 1][1] - self[n - 1][0]) if n else 0
+
+
+def spans_from_starts(starts: np.ndarray, n_tokens: int) -> np.ndarray:
+    """(n, 2) [start, end) of samples that partition a token array, from their starts."""
+    starts = np.asarray(starts, dtype=np.int64)
+    if not len(starts):
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.stack([starts, np.append(starts[1:], n_tokens)], axis=1)

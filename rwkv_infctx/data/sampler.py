@@ -12,6 +12,7 @@ It subclasses ``DistributedSampler`` only so that Lightning leaves it in place a
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sized
 
 import numpy as np
@@ -62,7 +63,7 @@ class GlobalBatchSampler(DistributedSampler):
         skip = self._take_resume_skip()
         batches = self.global_order().reshape(self.batches_per_epoch, self.global_batch)
         mine = batches[skip:, self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
-        return iter(mine.reshape(-1).tolist())
+        return map(int, mine.reshape(-1))  # lazily: no Python object per sample of the epoch
 
 
 class MagicPrimeSampler(GlobalBatchSampler):
@@ -102,5 +103,5 @@ class ShardSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
-        mine = list(range(self.rank, n, self.num_replicas))
-        return iter(mine + [n] * (len(self) - len(mine)))
+        mine = range(self.rank, n, self.num_replicas)
+        return itertools.chain(mine, itertools.repeat(n, len(self) - len(mine)))

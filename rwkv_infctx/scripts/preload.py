@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> None:
     except RWKVTrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    if meta.get("in_place"):
+        print(f"nothing to cache: the binidx source is read in place ({meta['samples']} samples, "
+              f"{meta['tokens']} tokens)")
+        return
     verb = "built" if meta["built"] else "found (use --overwrite to rebuild)"
     print(f"{verb}: {meta['samples']} samples, {meta['tokens']} tokens, max token id {meta['max_token_id']} "
           f"in {data.hparams.data_path} ({time.perf_counter() - start:.1f} s)")
