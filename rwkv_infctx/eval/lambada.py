@@ -52,15 +52,25 @@ def read_lambada(path: str | Path, tokenizer) -> list[tuple[list[int], list[int]
 
 
 @torch.no_grad()
-def score_target(model: RWKV, context: list[int], target: list[int]) -> tuple[float, bool]:
-    """(summed log-probability of the target tokens, whether each was the argmax), one forward pass."""
+def score_target(model: RWKV, context: list[int], target: list[int], chunk_len: int = 1024) -> tuple[float, bool]:
+    """(summed log-probability of the target tokens after the context, whether each was the argmax).
+
+    The tokens run in chunks of ``chunk_len`` with the state carried, so a long document never
+    holds more than one chunk's logits."""
     device = model.emb.weight.device
-    logits, _ = model(torch.tensor([context + target[:-1]], device=device))
-    logits = logits[0, len(context) - 1:].float()
-    log_probs = torch.log_softmax(logits, dim=-1)
-    wanted = torch.tensor(target, device=device)
-    logprob = log_probs.gather(1, wanted[:, None]).sum().item()
-    return logprob, bool((logits.argmax(-1) == wanted).all())
+    tokens = context + target[:-1]
+    first = len(context) - 1  # the position whose logits predict target[0]
+    state, logprob, greedy = None, 0.0, True
+    for start in range(0, len(tokens), chunk_len):
+        logits, state = model(torch.tensor([tokens[start:start + chunk_len]], device=device), state)
+        begin = max(first, start)
+        if begin >= start + logits.shape[1]:
+            continue
+        logits = logits[0, begin - start:].float()
+        wanted = torch.tensor(target[begin - first:begin - first + logits.shape[0]], device=device)
+        logprob += torch.log_softmax(logits, dim=-1).gather(1, wanted[:, None]).sum().item()
+        greedy = greedy and bool((logits.argmax(-1) == wanted).all())
+    return logprob, greedy
 
 
 def evaluate_lambada(model: RWKV, tokenizer, path: str | Path, progress_every: int = 100,
