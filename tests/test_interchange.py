@@ -163,3 +163,44 @@ def test_fla_rwkv7_on_the_exported_folder_gives_our_logits(tmp_path):
         ours = model(torch.tensor([tokens]))[0][0]
     assert (torch.tensor(result["logits"]) - ours).abs().max().item() < 2e-5
     assert result["backend"]["out"] < 1e-4 * result["backend"]["out_scale"] and result["backend"]["state"] < 1e-4
+
+
+# -- model surgery ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["x060", "x070"])
+def test_appended_layers_leave_the_logits_bit_identical(version, tmp_path):
+    from rwkv_infctx.scripts.model_surgery import surgery
+
+    small = random_model(tiny_config(version=version))
+    path, _ = surgery(str(save_pth(small, tmp_path / "small.pth")), str(tmp_path / "big.pth"), n_layer=4)
+    sd = load_pth(path)
+    big = RWKV(tiny_config(version=version, n_layer=4))
+    load_state_into(big, sd)
+    assert torch.all(sd["blocks.3.att.output.weight"] == 0) and sd["blocks.3.att.receptance.weight"].abs().sum() > 0
+    idx = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(big(idx)[0], small(idx)[0])
+
+
+def test_added_tokens_leave_old_logits_unchanged_and_dtype_strip(tmp_path, capsys):
+    from rwkv_infctx.scripts.model_surgery import main
+
+    small = random_model(tiny_config())
+    sd = {k: v.bfloat16() for k, v in small.state_dict().items()}
+    sd["blocks.0.att.time_mix_extra"] = torch.zeros(3)  # a stray key no model uses
+    source = save_pth(sd, tmp_path / "small.pth")
+    main([str(source), str(tmp_path / "more.pth"), "--vocab_size", "120", "--dtype", "fp32"])
+    assert "dropped 1 key(s) no model uses: blocks.0.att.time_mix_extra" in capsys.readouterr().out
+    grown = load_pth(tmp_path / "more.pth")
+    assert grown["emb.weight"].dtype == torch.float32 and "blocks.0.att.time_mix_extra" not in grown
+    before, after = RWKV(tiny_config()), RWKV(tiny_config(vocab_size=120))
+    load_state_into(before, {k: v.float() for k, v in load_pth(source).items() if k != "blocks.0.att.time_mix_extra"})
+    load_state_into(after, grown)
+    assert torch.equal(grown["head.weight"][100], grown["head.weight"][:97].mean(0))
+    idx = torch.randint(0, 97, (1, 25), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(after(idx)[0][..., :97], before(idx)[0])
+    with pytest.raises(SystemExit):
+        main([str(source), str(tmp_path / "less.pth"), "--n_layer", "1"])
+    assert "only grows" in capsys.readouterr().err and not (tmp_path / "less.pth").exists()
