@@ -15,7 +15,7 @@ from ..interchange.surgery import grow_state_dict
 def surgery(source: str, out: str, n_layer: int | None = None, vocab_size: int | None = None,
             dtype: str | None = None, seed: int = 0, overwrite: bool = False) -> tuple[Path, list[str]]:
     sd = load_pth(source)
-    original_dtype = next(name for name, d in DTYPES.items() if d == sd["emb.weight"].dtype)
+    original_dtype = next((name for name, d in DTYPES.items() if d == sd["emb.weight"].dtype), None)
     grown, stripped = grow_state_dict(sd, n_layer, vocab_size, seed)
     return save_pth(grown, out, dtype=dtype or original_dtype, overwrite=overwrite), stripped
 
