@@ -34,15 +34,17 @@ def fla_logits(folder: str, tokens: list[int]) -> tuple[list, list, list]:
 
 
 def our_fla_backend_errors() -> dict:
-    """Our ``fla`` WKV backend (ops/fla.py) against the reference, with fla's chunk kernel (which
-    the interpreter cannot run) replaced by its fused_recurrent kernel of the same contract:
+    """Our ``fla`` WKV backend (ops/fla.py) against the reference, with fla's chunk kernels (which
+    the interpreter cannot run) replaced by its fused_recurrent kernels of the same contract:
     checks the argument order, scale, log-decay sign and state layout our wrapper passes."""
+    import fla.ops.rwkv6 as fla_rwkv6
     import fla.ops.rwkv7 as fla_rwkv7
 
     from rwkv_infctx.ops import fla as our_fla
-    from rwkv_infctx.ops.reference import wkv7_reference
+    from rwkv_infctx.ops.reference import wkv6_reference, wkv7_reference
 
     fla_rwkv7.chunk_rwkv7 = fla_rwkv7.fused_recurrent_rwkv7
+    fla_rwkv6.chunk_rwkv6 = fla_rwkv6.fused_recurrent_rwkv6
     our_fla.available = lambda: None  # it asks for CUDA
     g = torch.Generator().manual_seed(0)
     B, T, H, N = 2, 12, 2, 16
@@ -50,11 +52,17 @@ def our_fla_backend_errors() -> dict:
     w = -torch.rand(B, T, H, N, generator=g) * 0.6
     kk = torch.nn.functional.normalize(torch.randn(B, T, H, N, generator=g), dim=-1)
     iclr = torch.rand(B, T, H, N, generator=g)
+    u = torch.randn(H, N, generator=g)
     s0 = torch.randn(B, H, N, N, generator=g)
-    ref_out, ref_state = wkv7_reference(r, w, k, v, -kk, kk * iclr, s0)
-    out, state = our_fla.wkv7_fla(r, w, k, v, -kk, kk * iclr, s0)
-    return {"out": (out - ref_out).abs().max().item(), "state": (state - ref_state).abs().max().item(),
-            "out_scale": ref_out.abs().max().item()}
+    errors = {}
+    for name, ours, reference, args in (
+            ("wkv7", our_fla.wkv7_fla, wkv7_reference, (r, w, k, v, -kk, kk * iclr)),
+            ("wkv6", our_fla.wkv6_fla, wkv6_reference, (r, w, k, v, u))):
+        ref_out, ref_state = reference(*args, s0)
+        out, state = ours(*args, s0)
+        errors[name] = {"out": (out - ref_out).abs().max().item(), "state": (state - ref_state).abs().max().item(),
+                        "out_scale": ref_out.abs().max().item(), "state_scale": ref_state.abs().max().item()}
+    return errors
 
 
 if __name__ == "__main__":

@@ -144,7 +144,8 @@ def test_convert_refuses_what_fla_cannot_hold(tmp_path, capsys):
 def test_fla_rwkv7_on_the_exported_folder_gives_our_logits(tmp_path):
     """fla 0.6's RWKV7ForCausalLM, run on the CPU under Triton's interpreter (fused_recurrent path),
     loads every tensor of the exported folder and gives our logits; our fla WKV backend's
-    conventions agree with the reference there too. Measured: logits max abs diff 2.8e-6 (fp32)."""
+    conventions agree with the reference there too. Measured (fp32): logits max abs diff 4.3e-6 at
+    logits up to ~5; our backend's WKV-7 and WKV-6 outputs 3.8e-6 off at outputs up to 27 and 47."""
     pytest.importorskip("fla.models")
     pytest.importorskip("triton")
     from rwkv_infctx.interchange.hf import pth_to_hf
@@ -162,7 +163,8 @@ def test_fla_rwkv7_on_the_exported_folder_gives_our_logits(tmp_path):
     with torch.no_grad():
         ours = model(torch.tensor([tokens]))[0][0]
     assert (torch.tensor(result["logits"]) - ours).abs().max().item() < 2e-5
-    assert result["backend"]["out"] < 1e-4 * result["backend"]["out_scale"] and result["backend"]["state"] < 1e-4
+    for op, err in result["backend"].items():  # WKV-7 and WKV-6 through our wrapper vs the reference
+        assert err["out"] < 1e-5 * err["out_scale"] and err["state"] < 1e-5 * err["state_scale"], (op, err)
 
 
 # -- model surgery ---------------------------------------------------------------------------------
