@@ -99,7 +99,7 @@ def to_blinkdl(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     we keep [key, value].
     """
     sd = dict(sd)
-    if detect_version(sd) == "x070" and IGNORED_KEYS[0] not in sd:
+    if IGNORED_KEYS[0] not in sd and "emb.weight" in sd and detect_version(sd) == "x070":
         dtype = sd["emb.weight"].dtype
         sd.update({k: v.to(dtype) for k, v in layer0_value_residual(config_from_state_dict(sd)).items()})
     initial = sd.pop("initial_wkv", None)
