@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .config import ModelConfig
 from .errors import CheckpointError
 from .model import VERSIONS
+from .model.v7 import layer0_value_residual
 
 # Keys some released files carry that our models do not use (layer 0 has no value residual).
 IGNORED_KEYS = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
@@ -91,12 +92,16 @@ TIME_STATE = "blocks.{}.att.time_state"
 
 
 def to_blinkdl(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Our state dict -> BlinkDL's: a learned initial state becomes per-layer ``att.time_state``.
+    """Our state dict -> BlinkDL's: a learned initial state becomes per-layer ``att.time_state``,
+    and an x070 model gains layer 0's unused v0/v1/v2 (see ``layer0_value_residual``).
 
     BlinkDL's files (and the rwkv package, which transposes on load) keep it as [H, value, key];
     we keep [key, value].
     """
     sd = dict(sd)
+    if IGNORED_KEYS[0] not in sd and "emb.weight" in sd and detect_version(sd) == "x070":
+        dtype = sd["emb.weight"].dtype
+        sd.update({k: v.to(dtype) for k, v in layer0_value_residual(config_from_state_dict(sd)).items()})
     initial = sd.pop("initial_wkv", None)
     if initial is not None:
         for i, layer_state in enumerate(initial):

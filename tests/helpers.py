@@ -98,3 +98,23 @@ def in_two_calls(op, version: int, cut: int):
         return torch.cat([o1, o2], 1), s2
 
     return split
+
+
+def run_rwkv_package(pth_path, body: str, version: str = "x070", timeout: int = 300):
+    """Run ``body`` in a child process where ``m`` is the `rwkv` pip package's model of the .pth
+    (cpu fp32, ``json``, ``math`` and ``torch`` imported); returns what its last printed line holds
+    as JSON. The package runs x070 only in its RWKV_V7_ON mode (its own switch), set in the child alone."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = ("import json, math, torch\nfrom rwkv.model import RWKV\n"
+              f"m = RWKV(model={str(pth_path)[:-4]!r}, strategy='cpu fp32')\n" + body)
+    env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}
+    if version == "x070":
+        env["RWKV_V7_ON"] = "1"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout,
+                          env={**env, "RWKV_JIT_ON": "0"})
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])

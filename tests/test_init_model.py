@@ -8,7 +8,7 @@ import torch
 
 from rwkv_infctx.scripts.init_model import main
 
-from .test_model_v7 import x070_table
+from .test_model_v7 import blinkdl_x070_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,7 +17,7 @@ def test_init_model_writes_the_x070_table(tmp_path, capsys):
     out = tmp_path / "fresh.pth"
     main(["--n_layer", "2", "--n_embd", "128", "--vocab_size", "neox", "--head_size", "32", str(out)])
     sd = torch.load(out, weights_only=True)
-    assert {k: tuple(v.shape) for k, v in sd.items()} == x070_table(128, 32, 2, 50277, 32, 32, 32, 64, 512)
+    assert {k: tuple(v.shape) for k, v in sd.items()} == blinkdl_x070_table(128, 32, 2, 50277, 32, 32, 32, 64, 512)
     assert all(v.dtype == torch.float32 for v in sd.values())
     assert torch.all(sd["blocks.1.att.output.weight"] == 0)
     assert "wrote" in capsys.readouterr().out

@@ -30,6 +30,14 @@ def x070_table(C, N, L, V, Dw, Da, Dv, Dg, F):
     return table
 
 
+def blinkdl_x070_table(C, N, L, V, Dw, Da, Dv, Dg, F):
+    """The keys BlinkDL's files carry: its RWKV_Tmix_x070 creates v0/v1/v2 in every layer, layer 0
+    included (unused there), and its trainer loads them strictly."""
+    table = x070_table(C, N, L, V, Dw, Da, Dv, Dg, F)
+    table.update({"blocks.0.att.v0": (1, 1, C), "blocks.0.att.v1": (C, Dv), "blocks.0.att.v2": (Dv, C)})
+    return table
+
+
 def test_state_dict_matches_blinkdl_x070_table():
     cfg = ModelConfig(n_layer=3, n_embd=256, vocab_size=1000, head_size=64)
     sd = RWKV(cfg).state_dict()
@@ -60,6 +68,11 @@ def test_official_init_values():
     w2 = att0.w2
     assert torch.allclose(w2 @ w2.T, 0.01 * torch.eye(w2.shape[0]), atol=1e-5)
     assert model.emb.weight.abs().max() <= 1e-4
+    # ffn.key as BlinkDL's RWKV-v7/train_temp generate_init_weight: orthogonal_(gain=1.0) on the
+    # (4C, C) matrix, so its columns are orthonormal and its spread is 1/sqrt(4C) (not 2/sqrt(4C))
+    fk = model.blocks[1].ffn.key.weight
+    assert torch.allclose(fk.T @ fk, torch.eye(128), atol=1e-5)
+    assert fk.std().item() == pytest.approx(1 / 512**0.5, rel=0.02)
 
 
 def test_pth_round_trip_and_shape_errors(tmp_path):

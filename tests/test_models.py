@@ -1,17 +1,12 @@
 """Every RWKV version: the state carry, the backends, and the `rwkv` pip package's logits."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from rwkv_infctx.checkpoint import save_pth
 from rwkv_infctx.config import ModelConfig
 
-from .helpers import random_model, rel_err, tiny_config
+from .helpers import random_model, rel_err, run_rwkv_package, tiny_config
 
 VERSIONS = ["x052", "x060", "x070"]
 
@@ -54,21 +49,9 @@ def test_rwkv_pip_package_gives_the_same_logits(version, tmp_path):
     tokens = torch.randint(0, 300, (1, 29), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ours = model(tokens)[0][0]
-    script = (
-        "import json, torch\n"
-        "from rwkv.model import RWKV\n"
-        f"m = RWKV(model={str(path)[:-4]!r}, strategy='cpu fp32')\n"
-        f"out, _ = m.forward({tokens[0].tolist()}, None, full_output=True)\n"
-        "print(json.dumps([getattr(m, 'version', 7.0), out.tolist()]))\n"
-    )
-    # The package runs x070 only in its RWKV_V7_ON mode (its own switch), set in this child alone.
-    env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}
-    if version == "x070":
-        env["RWKV_V7_ON"] = "1"
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**env, "RWKV_JIT_ON": "0"})
-    assert proc.returncode == 0, proc.stderr
-    their_version, theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+    body = (f"out, _ = m.forward({tokens[0].tolist()}, None, full_output=True)\n"
+            "print(json.dumps([getattr(m, 'version', 7.0), out.tolist()]))\n")
+    their_version, theirs = run_rwkv_package(path, body, version)
     assert their_version == {"x052": 5.2, "x060": 6.0, "x070": 7.0}[version]
     assert (ours - torch.tensor(theirs)).abs().max().item() < 1e-4
 
@@ -95,18 +78,8 @@ def test_state_tuned_pth_time_state_round_trip_and_rwkv_package_logits(version, 
     tokens = [3, 14, 15, 92, 65, 35]
     with torch.no_grad():
         ours = model(torch.tensor([tokens]))[0][0]
-    script = (
-        "import json, torch\n"
-        "from rwkv.model import RWKV\n"
-        f"m = RWKV(model={str(path)[:-4]!r}, strategy='cpu fp32')\n"
-        f"out, _ = m.forward({tokens}, None, full_output=True)\n"
-        "print(json.dumps(out.tolist()))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**env, "RWKV_JIT_ON": "0"})
-    assert proc.returncode == 0, proc.stderr
-    theirs = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    body = f"out, _ = m.forward({tokens}, None, full_output=True)\nprint(json.dumps(out.tolist()))\n"
+    theirs = torch.tensor(run_rwkv_package(path, body, version))
     assert (ours - theirs).abs().max().item() < 1e-4
     zero_start = RWKV(model.cfg)
     load_state_into(zero_start, {k: v for k, v in sd.items() if "time_state" not in k})

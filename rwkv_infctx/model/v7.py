@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..ops import wkv7
-from .init_rules import const, zeros
+from .init_rules import const, orthogonal, zeros
 from .layers import token_shift
 
 # Decay is exp(-exp(-0.5) * sigmoid(w)): soft-clamped into (exp(-0.6065), 1), as BlinkDL's kernel.
@@ -161,6 +161,31 @@ V7_INIT = {
     "att.ln_x.weight": const(lambda c, i: ((1 + i) / c.n_layer) ** 0.7),
     "att.ln_x.bias": zeros,
     "ffn.x_k": const(_ffn_x_k),
-    "ffn.key.weight": _orthogonal(1.0),
+    # train_temp's generate_init_weight: plain orthogonal_(gain=1) on (dim_ffn, C), no sqrt(4)
+    # shape gain (that one is rwkv7_train_simplified.py's): std 1/sqrt(dim_ffn)
+    "ffn.key.weight": orthogonal(1.0),
     "ffn.value.weight": zeros,
 }
+
+
+LAYER0_VALUE_RESIDUAL = ("att.v0", "att.v1", "att.v2")
+
+
+def layer0_value_residual(cfg: ModelConfig) -> dict[str, Tensor]:
+    """Layer 0's ``att.v0``/``v1``/``v2`` at their official init values, as BlinkDL's files carry them.
+
+    BlinkDL's layer 0 has these parameters although it never uses them, and its trainer loads
+    strictly; our layer 0 has none (they would be dead weights in the optimizer), so they are
+    added to every .pth we write. The RNG is fixed and forked so that a written file depends on,
+    and advances, no global random state.
+    """
+    C, Dv = cfg.n_embd, cfg.value_lora
+    shapes = {"att.v0": (1, 1, C), "att.v1": (C, Dv), "att.v2": (Dv, C)}
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for name in LAYER0_VALUE_RESIDUAL:
+            param = torch.empty(shapes[name])
+            V7_INIT[name](param, cfg, 0)
+            out[f"blocks.0.{name}"] = param
+    return out

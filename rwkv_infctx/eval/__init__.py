@@ -1,0 +1,1 @@
+"""Scoring models: LAMBADA-style last-word accuracy and perplexity, and an lm-eval adapter."""

@@ -1,0 +1,42 @@
+"""Grow a .pth (more layers appended, more vocabulary tokens), convert its dtype, and drop keys
+no model uses (an HF-style extra, a stray training buffer). Prints what changed."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..checkpoint import DTYPES, load_pth, save_pth
+from ..errors import RWKVTrainerError
+from ..interchange.surgery import grow_state_dict
+
+
+def surgery(source: str, out: str, n_layer: int | None = None, vocab_size: int | None = None,
+            dtype: str | None = None, seed: int = 0, overwrite: bool = False) -> tuple[Path, list[str]]:
+    sd = load_pth(source)
+    original_dtype = next((name for name, d in DTYPES.items() if d == sd["emb.weight"].dtype), None)
+    grown, stripped = grow_state_dict(sd, n_layer, vocab_size, seed)
+    return save_pth(grown, out, dtype=dtype or original_dtype, overwrite=overwrite), stripped
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="model_surgery.py", description=__doc__)
+    p.add_argument("source", help="a BlinkDL-format .pth")
+    p.add_argument("out", help="the .pth to write")
+    p.add_argument("--n_layer", type=int, default=None, help="total layers; new ones are appended, "
+                   "with the official init, and leave the logits unchanged at first")
+    p.add_argument("--vocab_size", type=int, default=None, help="total tokens; new emb/head rows are the old rows' mean")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the source's")
+    p.add_argument("--seed", type=int, default=0, help="for the random parts of the new layers' init")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    args = p.parse_args(argv)
+    try:
+        path, stripped = surgery(args.source, args.out, args.n_layer, args.vocab_size, args.dtype, args.seed,
+                                 args.overwrite)
+    except RWKVTrainerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if stripped:
+        print(f"dropped {len(stripped)} key(s) no model uses: {', '.join(stripped)}")
+    print(f"wrote {path}")

@@ -1,0 +1,208 @@
+"""Interchange with BlinkDL's trainer and Hugging Face (fla): every file we write, both directions."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from rwkv_infctx.checkpoint import IGNORED_KEYS, load_pth, load_state_into, save_pth
+from rwkv_infctx.config import ModelConfig
+from rwkv_infctx.data.datamodule import RWKVDataModule
+from rwkv_infctx.model import RWKV
+from rwkv_infctx.scripts.export_checkpoint import export
+from rwkv_infctx.scripts.init_model import main as init_model_main
+from rwkv_infctx.training.module import RWKVModule
+
+from .helpers import random_model, tiny_config
+from .test_model_v7 import blinkdl_x070_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def module_from_key_table(table: dict) -> nn.Module:
+    """An nn.Module whose state dict has exactly these keys and shapes: what BlinkDL's trainer
+    builds and then loads a .pth into with strict=True."""
+    root = nn.Module()
+    for key, shape in table.items():
+        *path, leaf = key.split(".")
+        module = root
+        for part in path:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        module.register_parameter(leaf, nn.Parameter(torch.empty(shape)))
+    return root
+
+
+def load_like_blinkdl(path, C, L, V, N, F, Dv=32) -> None:
+    sd = torch.load(path, map_location="cpu", weights_only=True)
+    module_from_key_table(blinkdl_x070_table(C, N, L, V, 32, 32, Dv, 64 if C >= 256 else 32, F)).load_state_dict(sd, strict=True)
+
+
+def test_every_pth_we_write_loads_strictly_into_blinkdl_x070(tmp_path):
+    """init_model.py, rwkv-final.pth and export_checkpoint.py (fp32 and bf16) write layer 0's v0/v1/v2."""
+    init_model_main(["--n_layer", "2", "--n_embd", "64", "--vocab_size", "97", "--head_size", "16",
+                     str(tmp_path / "init.pth")])
+    load_like_blinkdl(tmp_path / "init.pth", 64, 2, 97, 16, 256)
+
+    torch.manual_seed(0)
+    module = RWKVModule(n_layer=1, n_embd=32, head_size=16, ctx_len=32)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path, limit_val_batches=0,
+                        enable_checkpointing=False)
+    trainer.fit(module, RWKVDataModule(batch_size=1, sample_len=32, test_split=0))
+    final = tmp_path / "rwkv-final.pth"
+    load_like_blinkdl(final, 32, 1, 65536, 16, 128)
+
+    ckpt = tmp_path / "trained.ckpt"
+    trainer.save_checkpoint(ckpt)
+    for dtype in (None, "bf16"):
+        load_like_blinkdl(export(str(ckpt), str(tmp_path / f"export-{dtype}.pth"), dtype=dtype), 32, 1, 65536, 16, 128)
+    # our own loader takes the file back, and a file without the keys too
+    model = RWKV(tiny_config(n_layer=1, n_embd=32, vocab_size=65536))
+    load_state_into(model, load_pth(final))
+    load_state_into(model, {k: v for k, v in load_pth(final).items() if k not in IGNORED_KEYS})
+
+
+def test_layer0_value_residual_has_the_official_init_and_leaves_the_rng_alone(tmp_path):
+    cfg = ModelConfig(n_layer=2, n_embd=128, vocab_size=97, head_size=32)
+    model = random_model(cfg)
+    torch.manual_seed(3)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(3)
+    sd = torch.load(save_pth(model, tmp_path / "m.pth"), weights_only=True)
+    assert torch.equal(torch.rand(3), expected_draw)
+    linear = torch.arange(128) / 127 - 0.5
+    assert torch.allclose(sd["blocks.0.att.v0"].view(-1), 0.73 - 0.4 * linear, atol=1e-6)
+    assert torch.all(sd["blocks.0.att.v1"] == 0)
+    v2 = sd["blocks.0.att.v2"]  # (32, 128): orthogonal rows times 0.1, as BlinkDL's ortho_init
+    assert torch.allclose(v2 @ v2.T, 0.01 * torch.eye(32), atol=1e-6)
+    again = torch.load(save_pth(model, tmp_path / "again.pth"), weights_only=True)
+    assert torch.equal(again["blocks.0.att.v2"], v2)
+
+
+# -- Hugging Face (fla RWKV7ForCausalLM) --------------------------------------------------------
+
+
+def test_pth_to_hf_to_pth_is_bit_exact(tmp_path):
+    pytest.importorskip("safetensors")
+    from rwkv_infctx.scripts.convert_checkpoint import convert
+
+    cfg = tiny_config(n_layer=3)
+    source = save_pth(random_model(cfg), tmp_path / "m.pth")
+    for dtype in (None, "bf16"):
+        folder = convert(str(source), str(tmp_path / f"hf-{dtype}"), dtype=dtype)
+        back = torch.load(convert(str(folder), str(tmp_path / f"back-{dtype}.pth")), weights_only=True)
+        original = torch.load(source, weights_only=True)
+        assert back.keys() == original.keys()
+        for key, tensor in original.items():
+            expected = tensor.to(torch.bfloat16) if dtype else tensor
+            assert back[key].dtype == expected.dtype and torch.equal(back[key], expected), key
+
+
+def test_hf_names_follow_fla_layout():
+    from rwkv_infctx.interchange.hf import hf_name
+
+    assert hf_name("blocks.3.att.w0") == ("model.layers.3.attn.w_lora.lora.2.bias", False)
+    assert hf_name("blocks.3.att.g1") == ("model.layers.3.attn.g_lora.lora.0.weight", True)
+    assert hf_name("blocks.3.att.a2") == ("model.layers.3.attn.a_lora.lora.2.weight", True)
+    assert hf_name("blocks.0.ln0.bias") == ("model.layers.0.pre_norm.bias", False)
+    assert hf_name("blocks.1.att.ln_x.weight") == ("model.layers.1.attn.g_norm.weight", False)
+    assert hf_name("blocks.1.att.receptance.weight") == ("model.layers.1.attn.r_proj.weight", False)
+    assert hf_name("blocks.1.ffn.key.weight") == ("model.layers.1.ffn.key.weight", False)
+    assert hf_name("head.weight") == ("lm_head.weight", False)
+
+
+def test_convert_refuses_what_fla_cannot_hold(tmp_path, capsys):
+    pytest.importorskip("safetensors")
+    from rwkv_infctx.scripts.convert_checkpoint import main
+
+    v6 = save_pth(random_model(tiny_config(version="x060")), tmp_path / "v6.pth")
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(v6), str(tmp_path / "hf6")])
+    assert exit_info.value.code == 2 and "x070" in capsys.readouterr().err
+    sd = dict(random_model(tiny_config()).state_dict())
+    sd["blocks.0.att.time_state"] = sd["blocks.1.att.time_state"] = torch.zeros(4, 16, 16)
+    tuned = save_pth(sd, tmp_path / "tuned.pth")
+    with pytest.raises(SystemExit):
+        main([str(tuned), str(tmp_path / "hf-tuned")])
+    assert "time_state" in capsys.readouterr().err and not (tmp_path / "hf-tuned").exists()
+    (tmp_path / "taken").mkdir()
+    plain = save_pth(random_model(tiny_config()), tmp_path / "plain.pth")
+    with pytest.raises(SystemExit):
+        main([str(plain), str(tmp_path / "taken")])
+    assert "exists" in capsys.readouterr().err and not any((tmp_path / "taken").iterdir())
+
+
+@pytest.mark.slow
+def test_fla_rwkv7_on_the_exported_folder_gives_our_logits(tmp_path):
+    """fla 0.6's RWKV7ForCausalLM, run on the CPU under Triton's interpreter (fused_recurrent path),
+    loads every tensor of the exported folder and gives our logits; our fla WKV backend's
+    conventions agree with the reference there too. Measured (fp32): logits max abs diff 4.3e-6 at
+    logits up to ~5; our backend's WKV-7 and WKV-6 outputs 3.8e-6 off at outputs up to 27 and 47."""
+    pytest.importorskip("fla.models")
+    pytest.importorskip("triton")
+    from rwkv_infctx.interchange.hf import pth_to_hf
+
+    cfg = ModelConfig(n_layer=2, n_embd=128, vocab_size=97, head_size=64)  # fla's GroupNorm eps = BlinkDL's at 64
+    model = random_model(cfg, scale=0.1)
+    folder = pth_to_hf(str(save_pth(model, tmp_path / "m.pth")), str(tmp_path / "hf"))
+    tokens = torch.randint(0, 97, (20,), generator=torch.Generator().manual_seed(1)).tolist()
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FLA_USE_COMPILE": "0", "TORCHDYNAMO_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "fla_cpu_child.py"), str(folder),
+                           ",".join(map(str, tokens))], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["missing"] == [] and result["unexpected"] == []
+    with torch.no_grad():
+        ours = model(torch.tensor([tokens]))[0][0]
+    assert (torch.tensor(result["logits"]) - ours).abs().max().item() < 2e-5
+    for op, err in result["backend"].items():  # WKV-7 and WKV-6 through our wrapper vs the reference
+        assert err["out"] < 1e-5 * err["out_scale"] and err["state"] < 1e-5 * err["state_scale"], (op, err)
+
+
+# -- model surgery ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", ["x060", "x070"])
+def test_appended_layers_leave_the_logits_bit_identical(version, tmp_path):
+    from rwkv_infctx.scripts.model_surgery import surgery
+
+    small = random_model(tiny_config(version=version))
+    path, _ = surgery(str(save_pth(small, tmp_path / "small.pth")), str(tmp_path / "big.pth"), n_layer=4)
+    sd = load_pth(path)
+    big = RWKV(tiny_config(version=version, n_layer=4))
+    load_state_into(big, sd)
+    assert torch.all(sd["blocks.3.att.output.weight"] == 0) and sd["blocks.3.att.receptance.weight"].abs().sum() > 0
+    idx = torch.randint(0, 97, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(big(idx)[0], small(idx)[0])
+
+
+def test_added_tokens_leave_old_logits_unchanged_and_dtype_strip(tmp_path, capsys):
+    from rwkv_infctx.scripts.model_surgery import main
+
+    small = random_model(tiny_config())
+    sd = {k: v.bfloat16() for k, v in small.state_dict().items()}
+    sd["blocks.0.att.time_mix_extra"] = torch.zeros(3)  # a stray key no model uses
+    source = save_pth(sd, tmp_path / "small.pth")
+    main([str(source), str(tmp_path / "more.pth"), "--vocab_size", "120", "--dtype", "fp32"])
+    assert "dropped 1 key(s) no model uses: blocks.0.att.time_mix_extra" in capsys.readouterr().out
+    grown = load_pth(tmp_path / "more.pth")
+    assert grown["emb.weight"].dtype == torch.float32 and "blocks.0.att.time_mix_extra" not in grown
+    before, after = RWKV(tiny_config()), RWKV(tiny_config(vocab_size=120))
+    load_state_into(before, {k: v.float() for k, v in load_pth(source).items() if k != "blocks.0.att.time_mix_extra"})
+    load_state_into(after, grown)
+    assert torch.equal(grown["head.weight"][100], grown["head.weight"][:97].mean(0))
+    idx = torch.randint(0, 97, (1, 25), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(after(idx)[0][..., :97], before(idx)[0])
+    with pytest.raises(SystemExit):
+        main([str(source), str(tmp_path / "less.pth"), "--n_layer", "1"])
+    assert "only grows" in capsys.readouterr().err and not (tmp_path / "less.pth").exists()
