@@ -1,5 +1,10 @@
 """Shared test helpers: tiny configs, randomised models, error measures."""
 
+import json
+import os
+import subprocess
+import sys
+
 import torch
 
 from rwkv_infctx.config import ModelConfig
@@ -83,7 +88,7 @@ def chunked_step_grads(model, ctx_len: int, device: str = "cpu", T: int = 64, pa
     model.to(device).zero_grad()
     out = chunked_sample_loss(model, *(x.to(device) for x in batch), ctx_len, **loss_options)
     out.loss.backward()
-    return out, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
+    return out, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def in_two_calls(op, version: int, cut: int):
@@ -98,3 +103,31 @@ def in_two_calls(op, version: int, cut: int):
         return torch.cat([o1, o2], 1), s2
 
     return split
+
+
+def rwkv_package_logits(path, tokens: list[int], version: str, time_state_v7: bool = False) -> torch.Tensor:
+    """Logits (T, V) of the `rwkv` pip package (fp32, CPU) on the .pth at ``path``, run in a child
+    process: the package reads its RWKV_V7_ON switch at import, set there alone for x070.
+
+    The package loads a v5/v6 file's att.time_state itself but ignores it for x070;
+    ``time_state_v7`` then starts from the file's time_state as given ([H, value, key]: its layout)."""
+    script = (
+        "import json, torch\n"
+        "from rwkv.model import RWKV\n"
+        f"m = RWKV(model={str(path)[:-4]!r}, strategy='cpu fp32')\n"
+        "state = None\n"
+        f"if {time_state_v7!r}:\n"
+        f"    sd = torch.load({str(path)!r}, weights_only=True)\n"
+        "    state = m.generate_zero_state()\n"
+        "    for i in range(m.n_layer):\n"
+        "        state[i * 3 + 1] = sd[f'blocks.{i}.att.time_state'].float().clone()\n"
+        f"out, _ = m.forward({list(tokens)}, state, full_output=True)\n"
+        "print(json.dumps(out.tolist()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}
+    if version == "x070":
+        env["RWKV_V7_ON"] = "1"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**env, "RWKV_JIT_ON": "0"})
+    assert proc.returncode == 0, proc.stderr
+    return torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
