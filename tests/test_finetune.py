@@ -177,16 +177,16 @@ def test_state_tuning_learns_a_fixed_prefix_with_every_weight_frozen(tmp_path):
     its first tokens. The state round-trips through the .pth (time_state) with equal logits."""
     model, _ = finetuned(train_state=True)
     text = torch.randint(0, 97, (1, 17), generator=torch.Generator().manual_seed(11))
-    ids, targets, mask = text[:, :-1].repeat(2, 1), text[:, 1:].repeat(2, 1), torch.ones(2, 16)
-    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=0.1)
+    ids, targets, mask = text[:, :-1], text[:, 1:], torch.ones(1, 16)
+    optimizer = torch.optim.AdamW(param_groups(model, 0.0), lr=1.0)  # BlinkDL's state-tuning lr
     losses = []
-    for _ in range(40):
+    for _ in range(10):
         optimizer.zero_grad()
         out = chunked_sample_loss(model, ids, targets, mask, 16)
         out.loss.backward()
         optimizer.step()
         losses.append(out.loss.item())
-    assert losses[-1] < 0.7 * losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses
     path = save_pth(export_state_dict(model, None), tmp_path / "state-tuned.pth")
     assert "blocks.0.att.time_state" in torch.load(path, weights_only=True)
     with torch.no_grad():
