@@ -147,6 +147,10 @@ def test_lightning_checkpoint_with_lora_resumes_and_exports_merged(tmp_path):
     for key, value in expected.items():
         if key != "initial_wkv":
             assert torch.equal(exported[key], value), key
+    doubled = load_pth(export(str(ckpt), str(tmp_path / "doubled.pth"), lora_alpha=16))  # alpha given: 2x the delta
+    key = "blocks.1.att.key.weight"
+    base = module.model.blocks[1].att.key.base_layer.weight
+    torch.testing.assert_close(doubled[key] - base, 2 * (exported[key] - base))
 
     resumed, trainer2 = fit(2, ckpt_path=ckpt)
     assert trainer2.global_step == 2
