@@ -8,6 +8,7 @@ from rwkv_infctx.config import ModelConfig
 from rwkv_infctx.errors import ConfigError
 from rwkv_infctx.model.adapters import (
     LoraConfig,
+    check_exports,
     export_state_dict,
     prepare_finetuning,
     save_exports,
@@ -207,3 +208,8 @@ def test_bad_finetuning_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match="train_also adds"):
         finetuned(train_also=["ln"])
     assert LoraConfig.coerce({"r": 0}) is None and LoraConfig.coerce(None) is None
+    pissa, lora = finetuned(lora=LoraConfig(r=4, init="pissa"))
+    with pytest.raises(ConfigError, match="merged only"):
+        check_exports(pissa, lora, adapter=True, state=False)
+    with pytest.raises(ConfigError, match="no state to export"):
+        check_exports(pissa, lora, adapter=False, state=True)

@@ -193,9 +193,7 @@ def adapter_state_dict(model: nn.Module, lora: LoraConfig | None) -> dict:
     adapter files), the state and every other trained tensor, plus the LoRA settings."""
     from ..checkpoint import to_blinkdl
 
-    if lora is not None and lora.init == "pissa":
-        raise ConfigError("a PiSSA run changes the base weights too: export it merged (rwkv-final.pth), "
-                          "not as an adapter file; use model.lora.init lora for adapter files")
+    check_exports(model, lora, adapter=True, state=False)
     out = {blinkdl_name(n).replace(f".{ADAPTER}.", "."): p.detach().cpu().clone()
            for n, p in model.named_parameters() if p.requires_grad}
     out = to_blinkdl(out)
@@ -208,10 +206,8 @@ def state_only_dict(model: nn.Module) -> dict[str, Tensor]:
     """The learned starting state as BlinkDL's per-layer att.time_state (an RWKV-Runner state file)."""
     from ..checkpoint import to_blinkdl
 
-    initial = getattr(model, STATE)
-    if initial is None:
-        raise ConfigError("no learned state to export: train with model.train_state true")
-    return to_blinkdl({STATE: initial.detach().cpu().float().clone()})
+    check_exports(model, None, adapter=False, state=True)
+    return to_blinkdl({STATE: getattr(model, STATE).detach().cpu().float().clone()})
 
 
 def read_adapter_file(path: str | os.PathLike) -> dict:
@@ -270,6 +266,15 @@ def prepare_finetuning(model: nn.Module, lora: LoraConfig | None, train_state: b
         add_lora(model, lora)
     select_trainable(model, train_only, [w for w in train_also if w != "state"], freeze, train_state)
     return lora
+
+
+def check_exports(model: nn.Module, lora: LoraConfig | None, adapter: bool, state: bool) -> None:
+    """Refuse at the start, not after training, an export that cannot be written."""
+    if adapter and lora is not None and lora.init == "pissa":
+        raise ConfigError("model.export_adapter: a PiSSA run changes the base weights too, so it exports "
+                          "merged only (rwkv-final.pth); use model.lora.init lora for an adapter file")
+    if state and getattr(model, STATE) is None:
+        raise ConfigError("model.export_state: there is no state to export; set model.train_state true")
 
 
 def save_exports(model: nn.Module, lora: LoraConfig | None, path: Path, adapter: bool, state: bool) -> list[Path]:

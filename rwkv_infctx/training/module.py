@@ -22,7 +22,7 @@ from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..files import first_unused
 from ..model import RWKV
-from ..model.adapters import LoraConfig, describe_training, prepare_finetuning, save_exports
+from ..model.adapters import LoraConfig, check_exports, describe_training, prepare_finetuning, save_exports
 from ..ops import CTX_LEN_MULTIPLE, resolve_backend
 from .bptt import chunked_sample_loss
 from .optim import lr_at, make_adam, offloads_optimizer, param_groups
@@ -135,6 +135,7 @@ class RWKVModule(L.LightningModule):
         self.lora = prepare_finetuning(self.model, lora, train_state, train_only or [], train_also or [],
                                        freeze or [], load_adapter)
         self.hparams["lora"] = asdict(self.lora) if self.lora else None  # plain data, also from an adapter file
+        check_exports(self.model, self.lora, export_adapter, export_state)
         rank_zero_info(describe_training(self.model))
         # Token counts are positions the model ran (micro-batch x padded length), on all devices.
         self._last_batch_end: float | None = None
