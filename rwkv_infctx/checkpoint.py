@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .config import ModelConfig
 from .errors import CheckpointError
+from .files import save_torch_atomic
 from .model import VERSIONS
 from .model.v7 import layer0_value_residual
 
@@ -156,8 +157,4 @@ def save_pth(model_or_sd: nn.Module | dict, path: str | os.PathLike, dtype: str 
     for key, tensor in sd.items():
         tensor = tensor.detach().cpu()
         out[key] = tensor.to(DTYPES[dtype]) if dtype else tensor.clone()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, path)  # never leave a half-written .pth behind
-    return path
+    return save_torch_atomic(out, path)

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
@@ -58,6 +59,8 @@ def check_strategy(trainer) -> None:
 
 
 def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:
+    # --help reads the settings dataclasses' attribute docstrings (e.g. model.lora's), as litgpt does
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return RWKVTrainerCLI(
         RWKVModule,
         RWKVDataModule,

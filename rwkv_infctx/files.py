@@ -15,3 +15,18 @@ def first_unused(path: str | Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
     return candidate
+
+
+def save_torch_atomic(obj, path: str | Path) -> Path:
+    """torch.save under a temporary name in the same folder, then a rename: a crash never
+    leaves a half-written file under the real name."""
+    import os
+
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path

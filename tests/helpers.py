@@ -1,5 +1,10 @@
 """Shared test helpers: tiny configs, randomised models, error measures."""
 
+import json
+import os
+import subprocess
+import sys
+
 import torch
 
 from rwkv_infctx.config import ModelConfig
@@ -83,7 +88,7 @@ def chunked_step_grads(model, ctx_len: int, device: str = "cpu", T: int = 64, pa
     model.to(device).zero_grad()
     out = chunked_sample_loss(model, *(x.to(device) for x in batch), ctx_len, **loss_options)
     out.loss.backward()
-    return out, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters()}
+    return out, {n: p.grad.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def in_two_calls(op, version: int, cut: int):
@@ -104,11 +109,6 @@ def run_rwkv_package(pth_path, body: str, version: str = "x070", timeout: int = 
     """Run ``body`` in a child process where ``m`` is the `rwkv` pip package's model of the .pth
     (cpu fp32, ``json``, ``math`` and ``torch`` imported); returns what its last printed line holds
     as JSON. The package runs x070 only in its RWKV_V7_ON mode (its own switch), set in the child alone."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     script = ("import json, math, torch\nfrom rwkv.model import RWKV\n"
               f"m = RWKV(model={str(pth_path)[:-4]!r}, strategy='cpu fp32')\n" + body)
     env = {k: v for k, v in os.environ.items() if k != "RWKV_V7_ON"}
@@ -118,3 +118,21 @@ def run_rwkv_package(pth_path, body: str, version: str = "x070", timeout: int = 
                           env={**env, "RWKV_JIT_ON": "0"})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def rwkv_package_logits(path, tokens: list[int], version: str, time_state_v7: bool = False) -> torch.Tensor:
+    """Logits (T, V) of the `rwkv` pip package (fp32, CPU) on the .pth at ``path`` (see run_rwkv_package).
+
+    The package loads a v5/v6 file's att.time_state itself but ignores it for x070;
+    ``time_state_v7`` then starts from the file's time_state as given ([H, value, key]: its layout)."""
+    body = (
+        "state = None\n"
+        f"if {time_state_v7!r}:\n"
+        f"    sd = torch.load({str(path)!r}, weights_only=True)\n"
+        "    state = m.generate_zero_state()\n"
+        "    for i in range(m.n_layer):\n"
+        "        state[i * 3 + 1] = sd[f'blocks.{i}.att.time_state'].float().clone()\n"
+        f"out, _ = m.forward({list(tokens)}, state, full_output=True)\n"
+        "print(json.dumps(out.tolist()))\n"
+    )
+    return torch.tensor(run_rwkv_package(path, body, version))

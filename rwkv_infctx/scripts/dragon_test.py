@@ -13,12 +13,16 @@ from ..data.tokenizer import load_tokenizer
 from ..errors import RWKVTrainerError
 from ..generate import DRAGON_PROMPT, SamplingConfig, generate_tokens
 from ..model import RWKV
+from ..model.adapters import load_adapter
 
 
-def load_model(path: str, wkv_backend: str = "chunked") -> RWKV:
+def load_model(path: str, wkv_backend: str = "chunked", adapter: str | None = None) -> RWKV:
+    """A .pth as an fp32 model in eval mode; an adapter file (model.load_adapter's) put on top."""
     sd = load_pth(path)
     model = RWKV(config_from_state_dict(sd), wkv_backend)
     load_state_into(model, sd, path)
+    if adapter:
+        load_adapter(model, adapter, None)
     return model.float().eval()
 
 
@@ -33,8 +37,9 @@ def stream_text(tokenizer, token_ids):
             shown = text
 
 
-def run(path: str, tokenizer_name: str, prompt: str, length: int, sampling: SamplingConfig, out=sys.stdout) -> dict:
-    model = load_model(path)
+def run(path: str, tokenizer_name: str, prompt: str, length: int, sampling: SamplingConfig, out=sys.stdout,
+        adapter: str | None = None) -> dict:
+    model = load_model(path, adapter=adapter)
     tokenizer = load_tokenizer(tokenizer_name)
     prompt_ids = tokenizer.encode(prompt)
     if max(prompt_ids, default=0) >= model.cfg.vocab_size:
@@ -60,6 +65,7 @@ def run(path: str, tokenizer_name: str, prompt: str, length: int, sampling: Samp
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="dragon_test.py", description=__doc__)
     p.add_argument("model", help="a BlinkDL-format .pth")
+    p.add_argument("--adapter", default=None, help="an adapter file (rwkv-final-adapter.pth) to apply to the model")
     p.add_argument("--tokenizer", default="world", help="world, or a path to a Hugging Face tokenizer.json")
     p.add_argument("--prompt", default=DRAGON_PROMPT)
     p.add_argument("--length", type=int, default=100, help="new tokens to generate")
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     try:
         run(args.model, args.tokenizer, args.prompt, args.length,
-            SamplingConfig(args.temperature, args.top_p, args.seed))
+            SamplingConfig(args.temperature, args.top_p, args.seed), adapter=args.adapter)
     except RWKVTrainerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
 
@@ -16,12 +17,12 @@ from ..checkpoint import (
     config_from_state_dict,
     load_pth,
     load_state_into,
-    save_pth,
 )
 from ..config import ModelConfig
 from ..errors import ConfigError, DataError
 from ..files import first_unused
 from ..model import RWKV
+from ..model.adapters import LoraConfig, check_exports, describe_training, prepare_finetuning, save_exports
 from ..ops import CTX_LEN_MULTIPLE, resolve_backend
 from .bptt import chunked_sample_loss
 from .optim import lr_at, make_adam, offloads_optimizer, param_groups
@@ -54,6 +55,15 @@ class RWKVModule(L.LightningModule):
         l2wrap: float = 1e-4,
         export_pth: bool = True,
         plot_loss: bool = True,
+        lora: LoraConfig | None = None,
+        train_state: bool = False,
+        state_lr: float | None = None,
+        train_also: list[str] | None = None,
+        train_only: list[str] | None = None,
+        freeze: list[str] | None = None,
+        load_adapter: str | None = None,
+        export_adapter: bool = False,
+        export_state: bool = False,
     ):
         """RWKV language model trained with infinite context (chunked BPTT).
 
@@ -87,9 +97,27 @@ class RWKVModule(L.LightningModule):
             l2wrap: Factor of BlinkDL's L2Wrap regulariser on the largest logit (0 disables it).
             export_pth: At the end of fit, write the model as a BlinkDL-format rwkv-final.pth in the log folder.
             plot_loss: At the end of fit, draw the train/validation loss curve as loss.png in the log folder.
+            lora: LoRA adapters (Hugging Face peft) on the blocks' Linear layers, {r, alpha, dropout,
+                targets, init}; the base weights are frozen. null or r 0 = off.
+            train_state: Learn each layer's starting WKV state (state tuning); alone, every weight is
+                frozen. With full BPTT the state gets its gradient from the whole sample.
+            state_lr: Learning rate of the learned state (same schedule shape); null = lr_init.
+                BlinkDL's state tuning uses about 1.
+            train_also: With LoRA or state tuning, more tensors to train: ln, emb, head, state, or
+                fnmatch globs on BlinkDL names (blocks.11.*, *.att.ln_x.*).
+            train_only: Partial finetuning without LoRA: train only what these globs (or ln, emb,
+                head, state) name, e.g. ['blocks.1[01].*', 'head.*'] for the last two of 12 layers.
+            freeze: Globs (or ln, emb, head, state) of tensors to keep frozen, e.g. ['emb.*'].
+            load_adapter: An adapter file (rwkv-final-adapter.pth) to put on top of load_model:
+                its LoRA (settings from the file unless model.lora is set), state and tensors.
+            export_adapter: Also write rwkv-final-adapter.pth: only the trained tensors (LoRA A/B
+                as peft names them, the state as att.time_state, ...), for model.load_adapter.
+            export_state: Also write rwkv-final-state.pth: only blocks.N.att.time_state (an
+                RWKV-Runner state file).
         """
         super().__init__()
         self.save_hyperparameters()
+        lora = LoraConfig.coerce(lora)  # checkpoints keep it as a dict: they load weights_only
         if ctx_len <= 0 or ctx_len % CTX_LEN_MULTIPLE:
             raise ConfigError(
                 f"model.ctx_len={ctx_len} must be a positive multiple of {CTX_LEN_MULTIPLE} "
@@ -107,6 +135,11 @@ class RWKVModule(L.LightningModule):
         else:
             self.model = RWKV(cfg, wkv_backend)
             self.model.init_weights()
+        self.lora = prepare_finetuning(self.model, lora, train_state, train_only or [], train_also or [],
+                                       freeze or [], load_adapter)
+        self.hparams["lora"] = asdict(self.lora) if self.lora else None  # plain data, also from an adapter file
+        check_exports(self.model, self.lora, export_adapter, export_state)
+        rank_zero_info(describe_training(self.model))
         # Token counts are positions the model ran (micro-batch x padded length), on all devices.
         self._last_batch_end: float | None = None
         self._tokens_in_batch = 0.0
@@ -223,7 +256,7 @@ class RWKVModule(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups(self.model, hp.weight_decay)
+        groups = param_groups(self.model, hp.weight_decay, (hp.state_lr or hp.lr_init) / hp.lr_init)
         for g in groups:
             g["lr"] = hp.lr_init * g["lr_scale"]
         optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps,
@@ -241,14 +274,15 @@ class RWKVModule(L.LightningModule):
 
     # -- export --------------------------------------------------------------------------------
     def on_train_end(self):
-        if not self.hparams.export_pth:
+        hp = self.hparams
+        if not hp.export_pth:
             return
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
         with gathered_parameters(self.trainer.strategy, self.model):
             if self.trainer.is_global_zero:
                 path = first_unused(folder / "rwkv-final.pth")
-                save_pth(self.model, path)
-                rank_zero_info(f"wrote {path}")
+                for written in save_exports(self.model, self.lora, path, hp.export_adapter, hp.export_state):
+                    rank_zero_info(f"wrote {written}")
 
 
 def loss_for_backward(loss: torch.Tensor, n_tokens: torch.Tensor, global_tokens: torch.Tensor, world_size: int,

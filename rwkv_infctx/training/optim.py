@@ -10,17 +10,21 @@ from torch import nn
 from ..errors import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, state_lr_scale: float = 1.0) -> list[dict]:
     """Weight decay only on 2-D ``.weight`` matrices; 2x learning rate on the decay bias
-    (``att.w0`` in x070, ``att.time_decay`` in x052/x060), as BlinkDL's trainers do.
+    (``att.w0`` in x070, ``att.time_decay`` in x052/x060), as BlinkDL's trainers do. A learned
+    starting state (state tuning) gets its own group at ``state_lr_scale`` x the learning rate.
+    Frozen parameters get no group (and so no optimizer state).
 
     ``lr_scale`` is read by the schedule; it mirrors BlinkDL's ``my_lr_scale``.
     """
-    decay, double_lr, plain = [], [], []
+    decay, double_lr, plain, state = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if name.endswith(("att.w0", "att.time_decay")):
+        if name == "initial_wkv":
+            state.append(p)
+        elif name.endswith(("att.w0", "att.time_decay")):
             double_lr.append(p)
         elif weight_decay > 0 and p.squeeze().dim() >= 2 and name.endswith(".weight"):
             decay.append(p)
@@ -30,6 +34,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         {"params": plain, "weight_decay": 0.0, "lr_scale": 1.0, "name": "1x"},
         {"params": double_lr, "weight_decay": 0.0, "lr_scale": 2.0, "name": "2x"},
         {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0, "name": "decay"},
+        {"params": state, "weight_decay": 0.0, "lr_scale": state_lr_scale, "name": "state"},
     ]
     return [g for g in groups if g["params"]]
 
