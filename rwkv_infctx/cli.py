@@ -17,6 +17,7 @@ from .data.datamodule import RWKVDataModule
 from .errors import ConfigError, RWKVTrainerError
 from .files import atomic_write, first_unused
 from .training.module import RWKVModule
+from .training.safety import LIGHTNING_CKPT_NAMES
 from .training.wandb_login import wandb_offline_without_account
 
 
@@ -43,6 +44,16 @@ class RWKVTrainerCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         wandb_offline_without_account(config.get("trainer"))
         loggers_write_into_default_root_dir(config.get("trainer"))
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI overlays the hyperparameters saved in --ckpt_path on the parsed config,
+        silently replacing the command line's (a new lr_init, even a new n_layer). Here the
+        command line wins: what may change on resume changes, and an architecture that differs
+        from the checkpoint's is a one-line error when the checkpoint is restored."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        ckpt_path = config.get("ckpt_path") if config else None
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).exists():
+            raise ConfigError(f"ckpt_path: no such file {ckpt_path!r}")
 
     def before_fit(self) -> None:
         check_strategy(self.trainer)

@@ -16,7 +16,7 @@ from ..model import RWKV
 
 
 def load_model(path: str, wkv_backend: str = "chunked") -> RWKV:
-    sd = load_pth(path)
+    sd = load_pth(path, argument="dragon_test.py model")
     model = RWKV(config_from_state_dict(sd), wkv_backend)
     load_state_into(model, sd, path)
     return model.float().eval()

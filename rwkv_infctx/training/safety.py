@@ -55,11 +55,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" not in str(path) and not Path(path).exists():
             raise CheckpointError(f"ckpt_path: no such file {str(path)!r}")
         try:
-            return super().load_checkpoint(path, map_location or (lambda storage, loc: storage), weights_only)
+            checkpoint = super().load_checkpoint(path, map_location or (lambda storage, loc: storage), weights_only)
         except Exception as exc:  # torch raises many types for a corrupt or foreign file
-            reason = " ".join(str(exc).split())[:200]
+            reason = " ".join(str(exc).split()).split(". ")[0][:200]
             raise CheckpointError(f"ckpt_path: {path} is not a readable Lightning checkpoint "
                                   f"({type(exc).__name__}: {reason}); give another .ckpt") from None
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            hint = ("it is a .pth model: start from it with --model.load_model"
+                    if isinstance(checkpoint, dict) and any(k.endswith("emb.weight") for k in checkpoint) else "give a .ckpt")
+            raise CheckpointError(f"ckpt_path: {path} is not a Lightning training checkpoint; {hint}")
+        return checkpoint
 
 
 def install_atomic_checkpoint_io(trainer) -> None:
@@ -162,6 +167,7 @@ class StopOnSignal(L.Callback):
             self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "fit")  # Lightning calls no teardown hook after an exception
         if not isinstance(exception, (SIGTERMException, StepAbandoned)):
             return
         path = self._save(trainer)  # after an abandoned step: the state of the last completed one
@@ -212,9 +218,6 @@ class KeepCurrentSettings(L.Callback):
 def check_resumable(checkpoint: dict, model_cfg, path) -> None:
     """A Lightning checkpoint of this very architecture, else one line naming the difference."""
     state = checkpoint.get("state_dict")
-    if not isinstance(state, dict):
-        hint = "a .pth model: start from it with --model.load_model" if "emb.weight" in checkpoint else "not one"
-        raise CheckpointError(f"ckpt_path: {path} is not a Lightning training checkpoint ({hint})")
     if not state:  # DeepSpeed keeps the weights in its own files
         return
     saved = config_from_state_dict(strip_wrapper_prefixes(state))
