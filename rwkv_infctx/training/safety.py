@@ -170,7 +170,11 @@ class StopOnSignal(L.Callback):
         self.teardown(trainer, pl_module, "fit")  # Lightning calls no teardown hook after an exception
         if not isinstance(exception, (SIGTERMException, StepAbandoned)):
             return
-        path = self._save(trainer)  # after an abandoned step: the state of the last completed one
+        if isinstance(exception, StepAbandoned):
+            # the state of the last completed step, as ModelCheckpoint saves it at that step's end:
+            # before Lightning counts the step for its loggers (it counts it again on restore)
+            trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
+        path = self._save(trainer)
         exception.code = 128 + getattr(signal, self.signal_name, signal.SIGTERM)
         if trainer.is_global_zero:
             print(f"stopped by {self.signal_name} after step {trainer.global_step}: saved {path}; resume with "
