@@ -142,10 +142,14 @@ class StopOnSignal(L.Callback):
         self._saved_at_step: int | None = None
 
     def should_stop(self) -> bool:
-        """Asked by the chunk loop between chunks (one device only: on several, Lightning stops
-        every rank together at the next step)."""
+        """Asked by the chunk loop between chunks: drop the step in progress? On one device, and
+        in the first micro-batch of a step (a later one would lose the gradients accumulated so
+        far); on several devices Lightning stops every rank together at the end of the step."""
         trainer = self._trainer
-        return trainer.received_sigterm and trainer.world_size == 1
+        if not trainer.received_sigterm or trainer.world_size != 1:
+            return False
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return done % trainer.accumulate_grad_batches == 0
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
