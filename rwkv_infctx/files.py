@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,19 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
             raise WriteError(f"{path}: could not be written ({reason}); free space or write elsewhere "
                              f"(the previous file, if any, is untouched)") from None
         raise
+
+
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")  # mkstemp's names in atomic_write
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete what an ``atomic_write`` killed with SIGKILL (or a power cut) left in ``folder``.
+    Call it only where no other process is writing into that folder right now."""
+    folder = Path(folder)
+    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _write_failure(exc: BaseException) -> str | None:

@@ -17,7 +17,7 @@ import torch
 from rwkv_infctx.checkpoint import load_pth, save_pth
 from rwkv_infctx.cli import main
 from rwkv_infctx.errors import CheckpointError, TrainingStopped, WriteError
-from rwkv_infctx.files import atomic_write
+from rwkv_infctx.files import atomic_write, remove_stale_temporaries
 from rwkv_infctx.training.optim import lr_at
 from rwkv_infctx.training.safety import AtomicCheckpointIO, adam_eps_for
 
@@ -143,17 +143,18 @@ def test_signal_saves_a_checkpoint_that_resumes_the_same_run(tmp_path, capfd, un
 
 @pytest.mark.slow
 def test_sigterm_during_a_sample_of_many_chunks_stops_within_seconds(tmp_path):
-    """A real process, a 100-chunk sample: SIGTERM is acted on at the next chunk."""
+    """A real process, 200-chunk samples: SIGTERM is acted on at the next chunk, and the
+    checkpoint is of step 0 (without the check between chunks, step 1 would end first)."""
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "lightning_trainer.py", "fit", "-c", "config-example.yaml", *TINY,
-                             "--data.sample_len", "3200", "--trainer.max_steps", "50", "--trainer.logger", "false",
+                             "--data.sample_len", "6400", "--trainer.max_steps", "50", "--trainer.logger", "false",
                              "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar", "false",
                              "--trainer.callbacks", "null", "--model.recompute_chunks", "false"],
                             cwd=ROOT, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:  # Lightning logs the step glossary at the start of training
         if "one step (optimizer update)" in line:
             break
-    time.sleep(1)
+    time.sleep(0.3)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read()
@@ -213,6 +214,9 @@ def test_kill_9_while_writing_last_ckpt_leaves_a_whole_checkpoint(tmp_path):
         checkpoint = torch.load(last, weights_only=True)
         assert (checkpoint["state_dict"]["w"] == checkpoint["n"]).all()
     assert not list(Path("/tmp").glob("tmp*last.ckpt*"))
+    (tmp_path / "notes.tmp").write_text("not ours")
+    remove_stale_temporaries(tmp_path)  # as the next run does in its checkpoint folder
+    assert leftovers(tmp_path) == ["notes.tmp"]
 
 
 # -- 4. resume takes the command line's settings -------------------------------------------------

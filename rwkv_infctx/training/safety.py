@@ -33,7 +33,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from ..checkpoint import check_compatible, config_from_state_dict, refuse_nonfinite, strip_wrapper_prefixes
 from ..errors import CheckpointError, ConfigError, TrainingStopped
-from ..files import atomic_write
+from ..files import atomic_write, remove_stale_temporaries
 from .bptt import StepAbandoned
 
 # Lightning resolves these ckpt_path values itself
@@ -115,7 +115,8 @@ class NonFiniteGuard(L.Callback):
         if problem is None:
             return
         step = trainer.global_step + 1  # the update being made (metrics.csv numbers it global_step)
-        if self.skipped >= self.skip_limit:
+        if self.skipped >= self.skip_limit or trainer.strategy.handles_gradient_accumulation:
+            # (DeepSpeed keeps the gradients in its engine: dropping ours would not skip its update)
             kept = newest_checkpoint(trainer)
             raise TrainingStopped(
                 f"step {step}: {problem}; training stopped, nothing of this step is saved"
@@ -228,7 +229,10 @@ def check_resumable(checkpoint: dict, model_cfg, path) -> None:
     state = checkpoint.get("state_dict")
     if not state:  # DeepSpeed keeps the weights in its own files
         return
-    saved = config_from_state_dict(strip_wrapper_prefixes(state))
+    try:
+        saved = config_from_state_dict(strip_wrapper_prefixes(state))
+    except (CheckpointError, KeyError):  # a layout we do not read (adapters): Lightning's strict load checks it
+        return
     check_compatible(model_cfg, saved, str(path))
     if saved.dim_ffn != model_cfg.dim_ffn:
         raise CheckpointError(f"{path}: has dim_ffn={saved.dim_ffn} but the config says model.dim_ffn={model_cfg.dim_ffn}")
@@ -262,6 +266,12 @@ class RemoveEmptyRunFolder(L.Callback):
 class AtomicCheckpoints(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:  # before any checkpoint is read or written
         install_atomic_checkpoint_io(trainer)
+
+    def on_fit_start(self, trainer, pl_module) -> None:  # the checkpoint folders are known by now
+        if trainer.is_global_zero:
+            for callback in trainer.checkpoint_callbacks:
+                for path in remove_stale_temporaries(callback.dirpath) if callback.dirpath else []:
+                    rank_zero_info(f"removed {path}, left by a killed checkpoint write")
 
 
 def safety_callbacks(skip_nonfinite_steps: int, stop_on_signal: StopOnSignal) -> list[L.Callback]:
