@@ -175,7 +175,7 @@ class StopOnSignal(L.Callback):
         self.teardown(trainer, pl_module, "fit")  # Lightning calls no teardown hook after an exception
         if not isinstance(exception, (SIGTERMException, StepAbandoned)):
             return
-        if isinstance(exception, StepAbandoned):
+        if isinstance(exception, StepAbandoned) and trainer.global_step > 0:
             # the state of the last completed step, as ModelCheckpoint saves it at that step's end:
             # before Lightning counts the step for its loggers (it counts it again on restore)
             trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
