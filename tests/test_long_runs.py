@@ -1,6 +1,7 @@
 """Long runs are safe: a NaN stops the run and never reaches a file, SIGTERM/SIGUSR1 save a
 resumable checkpoint, every file appears atomically, resume takes the command line's settings."""
 
+import csv
 import errno
 import math
 import os
@@ -53,6 +54,8 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_keeps_the_last_finite_
     assert kept == ["epoch=0-step=1.ckpt", "epoch=0-step=2.ckpt", "last.ckpt"]
     weights = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(t).all() for t in weights.values())
+    rows = csv.DictReader(open(tmp_path / "log" / "version_0" / "metrics.csv"))  # the logs so far are kept
+    assert [int(r["step"]) for r in rows if r.get("train/loss")][:2] == [0, 1]
 
 
 class RecordWeights(L.Callback):

@@ -91,6 +91,12 @@ def newest_checkpoint(trainer) -> str | None:
     return max(saved, key=os.path.getmtime) if saved else None
 
 
+def save_logs(trainer) -> None:
+    """What the loggers hold so far (metrics.csv), which Lightning writes only at a normal end."""
+    for logger in trainer.loggers:
+        logger.save()
+
+
 class NonFiniteGuard(L.Callback):
     """Stops at a non-finite loss or gradient norm, or skips up to ``skip_limit`` such updates."""
 
@@ -126,6 +132,10 @@ class NonFiniteGuard(L.Callback):
         optimizer.zero_grad(set_to_none=True)  # Adam leaves a parameter without a gradient untouched
         rank_zero_warn(f"step {step}: {problem}; update skipped ({self.skipped} of "
                        f"model.skip_nonfinite_steps={self.skip_limit})")
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, TrainingStopped):
+            save_logs(trainer)
 
     def state_dict(self) -> dict:
         return {"skipped": self.skipped}
@@ -180,6 +190,7 @@ class StopOnSignal(L.Callback):
             # before Lightning counts the step for its loggers (it counts it again on restore)
             trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
         path = self._save(trainer)
+        save_logs(trainer)
         exception.code = 128 + getattr(signal, self.signal_name, signal.SIGTERM)
         if trainer.is_global_zero:
             print(f"stopped by {self.signal_name} after step {trainer.global_step}: saved {path}; resume with "
