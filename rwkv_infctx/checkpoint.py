@@ -7,6 +7,7 @@ model's ``state_dict()`` *is* the .pth layout; this module only validates and co
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,20 +34,46 @@ def detect_version(state_dict: dict[str, Tensor]) -> str:
     raise CheckpointError("cannot tell the RWKV version of this state dict (no x052/x060/x070 keys)")
 
 
-def load_pth(path: str | os.PathLike) -> dict[str, Tensor]:
-    """A .pth state dict on CPU, with any Lightning/DeepSpeed wrapper prefix removed."""
+def load_pth(path: str | os.PathLike, argument: str = "model.load_model") -> dict[str, Tensor]:
+    """A .pth state dict on CPU, with any Lightning/DeepSpeed wrapper prefix removed; ``argument``
+    names the setting the path came from in error messages."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"model.load_model: no such file {str(path)!r}")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise CheckpointError(f"{path}: not a readable .pth state dict ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{argument}: no such file {str(path)!r}")
+    sd = _torch_load_weights(path)
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]  # a Lightning .ckpt
     if not isinstance(sd, dict) or "emb.weight" not in strip_wrapper_prefixes(sd):
         raise CheckpointError(f"{path}: not an RWKV state dict (no 'emb.weight')")
-    return strip_wrapper_prefixes(sd)
+    sd = strip_wrapper_prefixes(sd)
+    refuse_nonfinite(sd, f"{path}: holds")
+    return sd
+
+
+def _torch_load_weights(path: Path):
+    """weights_only load, memory-mapped where the file allows it: mmap needs the zip format, so a
+    legacy (torch.save(..., _use_new_zipfile_serialization=False)) file is read whole instead."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # torch raises many types for a corrupt file
+        reason = " ".join(str(exc).split())[:200]
+        raise CheckpointError(f"{path}: not a readable .pth state dict ({type(exc).__name__}: {reason})") from None
+
+
+def nonfinite_key(tensors: dict) -> str | None:
+    """The first key whose floating-point tensor holds a NaN or an infinity, or None."""
+    for key, value in tensors.items():
+        if isinstance(value, Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return key
+    return None
+
+
+def refuse_nonfinite(tensors: dict, what: str) -> None:
+    """A diverged model is never loaded or written: one line naming the first bad tensor."""
+    key = nonfinite_key(tensors)
+    if key is not None:
+        raise CheckpointError(f"{what} non-finite values (nan/inf) in {key!r}: the model diverged; "
+                              "use an earlier checkpoint and a lower model.lr_init")
 
 
 def strip_wrapper_prefixes(sd: dict) -> dict:
@@ -150,9 +177,12 @@ def save_pth(model_or_sd: nn.Module | dict, path: str | os.PathLike, dtype: str 
              overwrite: bool = False) -> Path:
     """Write a plain BlinkDL-format state dict. Refuses to replace an existing file unless asked."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the .pth file to write, e.g. {path / 'rwkv.pth'}")
     if path.exists() and not overwrite:
         raise CheckpointError(f"{path} exists; choose another path or pass overwrite")
     sd = to_blinkdl(model_or_sd.state_dict() if isinstance(model_or_sd, nn.Module) else model_or_sd)
+    refuse_nonfinite(sd, f"not writing {path}: the model has")
     out = {}
     for key, tensor in sd.items():
         tensor = tensor.detach().cpu()

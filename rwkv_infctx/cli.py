@@ -16,8 +16,9 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from .data.datamodule import RWKVDataModule
 from .errors import ConfigError, RWKVTrainerError
-from .files import first_unused
+from .files import atomic_write, first_unused
 from .training.module import RWKVModule
+from .training.safety import LIGHTNING_CKPT_NAMES
 from .training.wandb_login import wandb_offline_without_account
 
 
@@ -26,12 +27,14 @@ class SaveFitConfig(SaveConfigCallback):
     config.yaml), as config.yaml or, where an earlier run left one, config-2.yaml, ..."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage != "fit":
+        if stage != "fit" or self.already_saved:
             return
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # broadcast by Lightning
         if trainer.is_global_zero:  # only rank 0 writes
-            self.config_filename = first_unused(log_dir / "config.yaml").name
-        super().setup(trainer, pl_module, stage)
+            with atomic_write(first_unused(log_dir / "config.yaml")) as tmp:
+                self.parser.save(self.config, str(tmp), skip_none=False, overwrite=True, multifile=False)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class RWKVTrainerCLI(LightningCLI):
@@ -41,11 +44,34 @@ class RWKVTrainerCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
         wandb_offline_without_account(config.get("trainer"))
+        loggers_write_into_default_root_dir(config.get("trainer"))
+
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI overlays the hyperparameters saved in --ckpt_path on the parsed config,
+        silently replacing the command line's (a new lr_init, even a new n_layer). Here the
+        command line wins: what may change on resume changes, and an architecture that differs
+        from the checkpoint's is a one-line error when the checkpoint is restored."""
+        config = self.config.get(self.config.get("subcommand") or "", {})
+        ckpt_path = config.get("ckpt_path") if config else None
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).exists():
+            raise ConfigError(f"ckpt_path: no such file {ckpt_path!r}")
 
     def before_fit(self) -> None:
         check_strategy(self.trainer)
 
     before_validate = before_test = before_fit
+
+
+def loggers_write_into_default_root_dir(trainer_config) -> None:
+    """A logger whose save_dir is empty ("", as in config-example.yaml) or null writes under
+    trainer.default_root_dir, so that this one setting holds every output of the run."""
+    if not trainer_config:
+        return
+    loggers = trainer_config.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = getattr(logger, "init_args", None) if not isinstance(logger, (bool, type(None))) else None
+        if init_args is not None and "save_dir" in init_args and not init_args.save_dir:
+            init_args.save_dir = trainer_config.get("default_root_dir") or "."
 
 
 def check_strategy(trainer) -> None:
@@ -74,8 +100,24 @@ def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:
     )
 
 
+def refuse_empty_configs(args: list[str]) -> None:
+    """jsonargparse reads an empty YAML as null and says only ``Unexpected config:``."""
+    import yaml
+
+    for flag, value in zip(args, args[1:]):
+        if flag in ("-c", "--config") and Path(value).is_file():
+            try:
+                content = yaml.safe_load(Path(value).read_text())
+            except (yaml.YAMLError, UnicodeDecodeError):
+                continue  # jsonargparse names the problem itself
+            if content is None:
+                raise ConfigError(f"{value}: the config file is empty; give model:, data: and trainer: keys "
+                                  "(see config-example.yaml)")
+
+
 def main(args: list[str] | None = None) -> None:
     try:
+        refuse_empty_configs(sys.argv[1:] if args is None else args)
         run_cli(args)
     except (RWKVTrainerError, argparse.ArgumentError, MisconfigurationException) as exc:
         # MisconfigurationException: a trainer setting Lightning refuses (e.g. DeepSpeed not installed)

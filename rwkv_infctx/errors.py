@@ -15,3 +15,11 @@ class DataError(RWKVTrainerError, ValueError):
 
 class CheckpointError(RWKVTrainerError, ValueError):
     """A checkpoint or .pth file cannot be used as asked."""
+
+
+class WriteError(RWKVTrainerError, OSError):
+    """A file could not be written (disk full, no permission); the previous file is untouched."""
+
+
+class TrainingStopped(RWKVTrainerError):
+    """Training stopped early on purpose (a signal, a diverged loss); the message says what was kept."""

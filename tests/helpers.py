@@ -136,3 +136,39 @@ def rwkv_package_logits(path, tokens: list[int], version: str, time_state_v7: bo
         "print(json.dumps(out.tolist()))\n"
     )
     return torch.tensor(run_rwkv_package(path, body, version))
+
+
+def tiny_fit(root, source: str, max_steps: int, callbacks=(), ckpt_path=None, checkpoint_every: int = 0,
+             module_args: dict | None = None, **trainer_args):
+    """A CPU fit of a 1-layer, 32-wide RWKV-7 on 64-token samples (chunks of 32), logging every step
+    to <root>/log/version_N/metrics.csv; with ``checkpoint_every``, a ModelCheckpoint into <root>/ckpt
+    (every step checkpoint kept, and last.ckpt). Returns the trainer."""
+    import lightning as L
+
+    from rwkv_infctx.data.datamodule import RWKVDataModule
+    from rwkv_infctx.training.module import RWKVModule
+
+    L.seed_everything(0)
+    module = RWKVModule(**{**dict(n_layer=1, n_embd=32, head_size=16, ctx_len=32, lr_init=1e-2, lr_final=1e-3,
+                                  warmup_steps=2, export_pth=False, plot_loss=False), **(module_args or {})})
+    data = RWKVDataModule(source=source, batch_size=2, sample_len=64, test_split=0, seed=5)
+    callbacks = list(callbacks)
+    if checkpoint_every:
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=f"{root}/ckpt", every_n_train_steps=checkpoint_every,
+                                                             save_top_k=-1, save_last=True))
+    trainer = L.Trainer(**{**dict(max_steps=max_steps, accelerator="cpu", log_every_n_steps=1, limit_val_batches=0,
+                                  enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
+                                  enable_checkpointing=bool(checkpoint_every),
+                                  logger=L.pytorch.loggers.CSVLogger(root, name="log")), **trainer_args},
+                        callbacks=callbacks)
+    trainer.fit(module, data, ckpt_path=ckpt_path)
+    return trainer
+
+
+def logged_steps(trainer) -> list[tuple[int, float, float]]:
+    """(step, train/loss, train/lr) of every logged training row of a ``tiny_fit``."""
+    import csv
+    from pathlib import Path
+
+    rows = csv.DictReader(open(Path(trainer.logger.log_dir) / "metrics.csv"))
+    return [(int(r["step"]), float(r["train/loss"]), float(r["train/lr"])) for r in rows if r.get("train/loss")]

@@ -18,7 +18,7 @@ from ..model.adapters import load_adapter
 
 def load_model(path: str, wkv_backend: str = "chunked", adapter: str | None = None) -> RWKV:
     """A .pth as an fp32 model in eval mode; an adapter file (model.load_adapter's) put on top."""
-    sd = load_pth(path)
+    sd = load_pth(path, argument="dragon_test.py model")
     model = RWKV(config_from_state_dict(sd), wkv_backend)
     load_state_into(model, sd, path)
     if adapter:

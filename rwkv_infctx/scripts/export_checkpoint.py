@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import pickle
+import re
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -14,16 +17,47 @@ from ..model.adapters import merged_state_dict
 
 
 def read_deepspeed_folder(folder: Path) -> dict:
-    """Consolidate ZeRO shards into one fp32 state dict with DeepSpeed's own utility."""
+    """Consolidate ZeRO shards into one fp32 state dict with DeepSpeed's own utility, every file
+    unpickled with weights_only=True (DeepSpeed's utility would run any code a file carries)."""
+    if not (folder / "latest").is_file() and not any(folder.glob("**/*model_states.pt")):
+        raise CheckpointError(f"{folder} is a folder but not a DeepSpeed checkpoint (no 'latest' file, no "
+                              "*model_states.pt); give a Lightning .ckpt file or a DeepSpeed checkpoint folder")
     try:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        from deepspeed.utils import zero_to_fp32
     except ImportError:
         raise CheckpointError(f"{folder} is a DeepSpeed checkpoint folder: exporting it needs `pip install deepspeed`") from None
-    sd = get_fp32_state_dict_from_zero_checkpoint(str(folder))
+    try:
+        with mock.patch.object(zero_to_fp32.torch, "load", weights_only_load(zero_to_fp32.torch.load)):
+            sd = zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(folder))
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL (\S+)", str(exc))
+        raise CheckpointError(f"{folder}: not exported: a file holds {refused.group(1) if refused else 'a pickled object'}, "
+                              "which DeepSpeed checkpoints do not need and which could run code") from None
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{folder}: not a complete DeepSpeed checkpoint ({type(exc).__name__}: {exc})") from None
     sd = strip_wrapper_prefixes(sd)
     if "emb.weight" not in sd:
         raise CheckpointError(f"{folder}: the DeepSpeed checkpoint holds no RWKV weights (no 'emb.weight')")
     return sd
+
+
+def deepspeed_checkpoint_types() -> list:
+    """The classes DeepSpeed pickles into its ZeRO checkpoints besides tensors and containers."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def weights_only_load(torch_load):
+    """torch.load forced to weights_only=True, with DeepSpeed's checkpoint classes allowed."""
+    def load(f, *args, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(deepspeed_checkpoint_types()):
+            return torch_load(f, *args, **kwargs)
+
+    return load
 
 
 def lora_scaling(source: Path, sd: dict, lora_alpha: float | None) -> float | None:

@@ -8,6 +8,7 @@ Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,11 @@ from torch.utils.checkpoint import checkpoint
 
 from ..model import RWKV, RecurrentState
 from .loss import masked_token_loss_sum
+
+
+class StepAbandoned(SystemExit):
+    """Raised between two chunks when ``should_stop()`` says so: the step is dropped unfinished
+    (a SystemExit, so that uncaught it ends the program like Lightning's SIGTERMException)."""
 
 
 @dataclass
@@ -36,8 +42,12 @@ def chunked_sample_loss(
     recompute: bool = True,
     l2wrap: float = 0.0,
     state: RecurrentState | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SampleLoss:
-    """Mean next-token loss of whole samples (B, T), cut into chunks of ctx_len tokens."""
+    """Mean next-token loss of whole samples (B, T), cut into chunks of ctx_len tokens.
+
+    ``should_stop`` is asked before every chunk after the first: a preempted job must not wait
+    for a sample of thousands of chunks to end (it raises ``StepAbandoned``)."""
     B, T = input_ids.shape
     state = model.empty_state(B, input_ids.device) if state is None else state
     mask = mask.float()
@@ -49,6 +59,8 @@ def chunked_sample_loss(
     loss_sum = torch.zeros((), device=input_ids.device)
     n_chunks = 0
     for start in range(0, T, ctx_len):
+        if start and should_stop is not None and should_stop():
+            raise StepAbandoned()
         chunk = slice(start, start + ctx_len)
         if bptt_truncate:
             state = state.detach()

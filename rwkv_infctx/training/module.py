@@ -27,6 +27,7 @@ from ..ops import CTX_LEN_MULTIPLE, resolve_backend
 from .bptt import chunked_sample_loss
 from .optim import lr_at, make_adam, offloads_optimizer, param_groups
 from .plot import LossCurve
+from .safety import StopOnSignal, adam_eps_for, check_resumable, safety_callbacks
 
 
 class RWKVModule(L.LightningModule):
@@ -55,6 +56,7 @@ class RWKVModule(L.LightningModule):
         l2wrap: float = 1e-4,
         export_pth: bool = True,
         plot_loss: bool = True,
+        skip_nonfinite_steps: int = 0,
         lora: LoraConfig | None = None,
         train_state: bool = False,
         state_lr: float | None = None,
@@ -92,11 +94,14 @@ class RWKVModule(L.LightningModule):
             warmup_steps: Optimizer steps of linear warmup from 1% of lr_init.
             beta1: Adam beta1.
             beta2: Adam beta2.
-            adam_eps: Adam epsilon (BlinkDL uses 1e-18).
+            adam_eps: Adam epsilon (BlinkDL uses 1e-18); raised to float16's smallest normal (6.1e-5)
+                under precision 16-true, where 1e-18 is 0.
             weight_decay: Decoupled weight decay, applied to 2-D weight matrices only.
             l2wrap: Factor of BlinkDL's L2Wrap regulariser on the largest logit (0 disables it).
             export_pth: At the end of fit, write the model as a BlinkDL-format rwkv-final.pth in the log folder.
             plot_loss: At the end of fit, draw the train/validation loss curve as loss.png in the log folder.
+            skip_nonfinite_steps: How many updates with a non-finite (nan/inf) loss or gradient norm may
+                be skipped in a run; one more stops it with an error naming the step. 0: stop at the first.
             lora: LoRA adapters (Hugging Face peft) on the blocks' Linear layers, {r, alpha, dropout,
                 targets, init}; the base weights are frozen. null or r 0 = off.
             train_state: Learn each layer's starting WKV state (state tuning); alone, every weight is
@@ -144,6 +149,7 @@ class RWKVModule(L.LightningModule):
         self._last_batch_end: float | None = None
         self._tokens_in_batch = 0.0
         self._tokens_seen = 0.0
+        self._stop_on_signal: StopOnSignal | None = None
 
     # -- data checks ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -171,6 +177,7 @@ class RWKVModule(L.LightningModule):
             self.model, batch["input_ids"], batch["targets"], batch["mask"], hp.ctx_len,
             bptt_truncate=hp.bptt_truncate, recompute=hp.recompute_chunks,
             l2wrap=hp.l2wrap if self.training else 0.0,
+            should_stop=self._stop_on_signal.should_stop if self.training and self._stop_on_signal else None,
         )
 
     def on_train_start(self):
@@ -226,6 +233,7 @@ class RWKVModule(L.LightningModule):
         checkpoint["tokens_seen"] = self._tokens_seen
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_resumable(checkpoint, self.model.cfg, self.trainer.ckpt_path if self._trainer else "checkpoint")
         self._tokens_seen = checkpoint.get("tokens_seen", 0.0)
 
     def on_validation_epoch_start(self):
@@ -259,7 +267,8 @@ class RWKVModule(L.LightningModule):
         groups = param_groups(self.model, hp.weight_decay, (hp.state_lr or hp.lr_init) / hp.lr_init)
         for g in groups:
             g["lr"] = hp.lr_init * g["lr_scale"]
-        optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), hp.adam_eps,
+        eps = adam_eps_for(str(self.trainer.precision), hp.adam_eps)
+        optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), eps,
                               cpu_offload=offloads_optimizer(self.trainer.strategy))
         total = max(int(self.trainer.estimated_stepping_batches), 1)
 
@@ -270,7 +279,9 @@ class RWKVModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_callbacks(self):
-        return [LossCurve()] if self.hparams.plot_loss else []
+        self._stop_on_signal = StopOnSignal()
+        callbacks = safety_callbacks(self.hparams.skip_nonfinite_steps, self._stop_on_signal)
+        return callbacks + ([LossCurve()] if self.hparams.plot_loss else [])
 
     # -- export --------------------------------------------------------------------------------
     def on_train_end(self):

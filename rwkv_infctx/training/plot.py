@@ -15,7 +15,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
-from ..files import first_unused
+from ..files import atomic_write, first_unused
 
 Curve = list[tuple[int, float]]
 
@@ -43,10 +43,12 @@ def plot_losses(train: Curve, val: Curve, path: str | Path, title: str = "") -> 
     ax.grid(alpha=0.3)
     ax.legend()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
