@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rwkv_infctx.checkpoint import load_pth, save_pth
+from rwkv_infctx.checkpoint import IGNORED_KEYS, load_pth, save_pth
 from rwkv_infctx.config import ModelConfig
 from rwkv_infctx.errors import ConfigError
 from rwkv_infctx.model.adapters import (
@@ -144,7 +144,7 @@ def test_lightning_checkpoint_with_lora_resumes_and_exports_merged(tmp_path):
     exported = load_pth(export(str(ckpt), str(tmp_path / "merged.pth")))
     expected = export_state_dict(module.model, module.lora)
     assert exported.keys() == {k if k != "initial_wkv" else "x" for k in expected} - {"x"} | {
-        "blocks.0.att.time_state", "blocks.1.att.time_state"}
+        "blocks.0.att.time_state", "blocks.1.att.time_state"} | set(IGNORED_KEYS)  # every x070 .pth: layer 0's v0/v1/v2
     for key, value in expected.items():
         if key != "initial_wkv":
             assert torch.equal(exported[key], value), key
