@@ -2,7 +2,9 @@
 recurrent state carried between chunks.
 
 Memory stays flat because each chunk's forward runs under activation checkpointing: only the
-chunk-boundary states (a few MB) are kept, and every chunk is recomputed in the backward pass.
+chunk-boundary states (a few MB) are kept, and the chunk is recomputed in the backward pass. The
+last chunk is the exception: its backward runs first, right after its forward, so keeping its
+activations costs no extra peak memory, and a sample of one chunk runs its forward only once.
 Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` detaches it.
 """
 
@@ -53,7 +55,8 @@ def chunked_sample_loss(
         if bptt_truncate:
             state = state.detach()
         args = (input_ids[:, chunk], targets[:, chunk], mask[:, chunk], *state)
-        if recompute and torch.is_grad_enabled():
+        is_last = start + ctx_len >= T
+        if recompute and torch.is_grad_enabled() and not is_last:
             chunk_loss, *parts = checkpoint(run_chunk, *args, use_reentrant=False)
         else:
             chunk_loss, *parts = run_chunk(*args)
