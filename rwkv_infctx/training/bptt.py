@@ -6,6 +6,8 @@ chunk-boundary states (a few MB) are kept, and the chunk is recomputed in the ba
 last chunk is the exception: its backward runs first, right after its forward, so keeping its
 activations costs no extra peak memory, and a sample of one chunk runs its forward only once.
 Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` detaches it.
+The head and the loss run after the chunk loop, over all the chunks' hidden states at once but in
+slices of tokens, so neither the vocabulary-sized logits nor their recomputation cost memory.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..model import RWKV, RecurrentState
-from .loss import masked_token_loss_sum
 
 
 @dataclass
@@ -44,24 +45,28 @@ def chunked_sample_loss(
     state = model.empty_state(B, input_ids.device) if state is None else state
     mask = mask.float()
 
-    def run_chunk(ids, tgt, msk, *state_parts):
-        logits, new_state = model(ids, RecurrentState(*state_parts))
-        return (masked_token_loss_sum(logits, tgt, msk, l2wrap), *new_state)
+    def run_chunk(ids, *state_parts):
+        hidden, new_state = model.hidden(ids, RecurrentState(*state_parts))
+        return (hidden, *new_state)
 
-    loss_sum = torch.zeros((), device=input_ids.device)
-    n_chunks = 0
+    hiddens = []
     for start in range(0, T, ctx_len):
         chunk = slice(start, start + ctx_len)
         if bptt_truncate:
             state = state.detach()
-        args = (input_ids[:, chunk], targets[:, chunk], mask[:, chunk], *state)
+        args = (input_ids[:, chunk], *state)
         is_last = start + ctx_len >= T
         if recompute and torch.is_grad_enabled() and not is_last:
-            chunk_loss, *parts = checkpoint(run_chunk, *args, use_reentrant=False)
+            hidden, *parts = checkpoint(run_chunk, *args, use_reentrant=False)
         else:
-            chunk_loss, *parts = run_chunk(*args)
+            hidden, *parts = run_chunk(*args)
         state = RecurrentState(*parts)
-        loss_sum = loss_sum + chunk_loss
-        n_chunks += 1
+        hiddens.append(hidden)
+    n_chunks = len(hiddens)
+    # The head and the loss run once over every chunk's hidden states (B x T x n_embd, small),
+    # outside the recomputed chunks, in token slices: see ops/head_loss.py.
+    hidden = torch.cat(hiddens, 1) if hiddens else input_ids.new_zeros((B, 0, model.cfg.n_embd), dtype=torch.float32)
+    ran = hidden.shape[1]
+    loss_sum = model.head(hidden, targets[:, :ran], mask[:, :ran], l2wrap)
     n_tokens = mask.sum()
     return SampleLoss(loss_sum / n_tokens.clamp(min=1), loss_sum.detach(), n_tokens, n_chunks)
