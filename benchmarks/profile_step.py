@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import git_commit  # noqa: E402
 
 # name -> (version, batch, sample_len, ctx_len): the default job, and the issue-17 comparison shapes
 JOBS = {
@@ -60,10 +63,31 @@ def profile_job(version: str, batch: int, sample_len: int, ctx_len: int, top: in
     return {"step_s_profiled": round(seconds, 2), "self_total_ms": round(total / 1e3, 1), "top": rows}
 
 
+def write_markdown(results: dict, path: Path) -> None:
+    """Every label's top operators, job by job, side by side in one file."""
+    lines = ["# Where a training step's time goes (torch.profiler, self CPU time)", "",
+             "Written by `benchmarks/profile_step.py`; one step after a warm-up, each job in one process. "
+             "Absolute times are inflated by the profiler and by the shared machine; compare shares.", ""]
+    for name in JOBS:
+        for label, run in results.items():
+            job = run["jobs"].get(name)
+            if not job:
+                continue
+            lines += [f"## {name}: {label} ({run.get('commit', run['code_root'])})", "",
+                      f"Step under the profiler: {job['step_s_profiled']} s; self CPU total {job['self_total_ms']} ms.", "",
+                      "| operator | calls | self ms | share |", "|---|---|---|---|"]
+            lines += [f"| {r['op']} | {r['calls']} | {r['self_ms']} | {r['share']:.1%} |" for r in job["top"]]
+            lines.append("")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines))
+    os.replace(tmp, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--code-root", default=str(ROOT), help="checkout of rwkv-infctx whose code is profiled")
     parser.add_argument("--label", default="after", help="key of this run in the JSON file")
+    parser.add_argument("--commit", help="the commit of --code-root, recorded beside its figures")
     parser.add_argument("--jobs", nargs="*", default=list(JOBS), choices=list(JOBS))
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "profile.json"))
@@ -72,7 +96,7 @@ def main() -> None:
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    results[args.label] = {"code_root": str(args.code_root), "jobs": {}}
+    results[args.label] = {"code_root": str(args.code_root), "commit": args.commit or git_commit(), "jobs": {}}
     for name in args.jobs:
         print(f"profiling {name} ...", flush=True)
         job = profile_job(*JOBS[name], top=args.top)
@@ -84,7 +108,8 @@ def main() -> None:
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=2) + "\n")
     os.replace(tmp, out)
-    print(f"wrote {out}")
+    write_markdown(results, out.with_suffix(".md"))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,10 @@ Memory stays flat because each chunk's forward runs under activation checkpointi
 chunk-boundary states (a few MB) are kept, and the chunk is recomputed in the backward pass. The
 last chunk is the exception: its backward runs first, right after its forward, so keeping its
 activations costs no extra peak memory, and a sample of one chunk runs its forward only once.
+Being run once, the last chunk (and every chunk without gradients) takes its loss from the model's
+head in token slices with the gradients computed on the way (ops/head_loss.py): its logits never
+exist whole. A recomputed chunk keeps the plain logits path, whose first pass does no gradient work.
 Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` detaches it.
-The head and the loss run after the chunk loop, over all the chunks' hidden states at once but in
-slices of tokens, so neither the vocabulary-sized logits nor their recomputation cost memory.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..model import RWKV, RecurrentState
+from .loss import masked_token_loss_sum
 
 
 @dataclass
@@ -45,28 +47,26 @@ def chunked_sample_loss(
     state = model.empty_state(B, input_ids.device) if state is None else state
     mask = mask.float()
 
-    def run_chunk(ids, *state_parts):
+    def run_chunk(sliced_head, ids, tgt, msk, *state_parts):
         hidden, new_state = model.hidden(ids, RecurrentState(*state_parts))
-        return (hidden, *new_state)
+        if sliced_head:
+            return (model.head(hidden, tgt, msk, l2wrap), *new_state)
+        return (masked_token_loss_sum(model.head(hidden), tgt, msk, l2wrap), *new_state)
 
-    hiddens = []
+    loss_sum = torch.zeros((), device=input_ids.device)
+    n_chunks = 0
     for start in range(0, T, ctx_len):
         chunk = slice(start, start + ctx_len)
         if bptt_truncate:
             state = state.detach()
-        args = (input_ids[:, chunk], *state)
+        args = (input_ids[:, chunk], targets[:, chunk], mask[:, chunk], *state)
         is_last = start + ctx_len >= T
         if recompute and torch.is_grad_enabled() and not is_last:
-            hidden, *parts = checkpoint(run_chunk, *args, use_reentrant=False)
+            chunk_loss, *parts = checkpoint(run_chunk, False, *args, use_reentrant=False)
         else:
-            hidden, *parts = run_chunk(*args)
+            chunk_loss, *parts = run_chunk(is_last or not torch.is_grad_enabled(), *args)
         state = RecurrentState(*parts)
-        hiddens.append(hidden)
-    n_chunks = len(hiddens)
-    # The head and the loss run once over every chunk's hidden states (B x T x n_embd, small),
-    # outside the recomputed chunks, in token slices: see ops/head_loss.py.
-    hidden = torch.cat(hiddens, 1) if hiddens else input_ids.new_zeros((B, 0, model.cfg.n_embd), dtype=torch.float32)
-    ran = hidden.shape[1]
-    loss_sum = model.head(hidden, targets[:, :ran], mask[:, :ran], l2wrap)
+        loss_sum = loss_sum + chunk_loss
+        n_chunks += 1
     n_tokens = mask.sum()
     return SampleLoss(loss_sum / n_tokens.clamp(min=1), loss_sum.detach(), n_tokens, n_chunks)
