@@ -27,10 +27,6 @@ from torch import Tensor
 from .reference import float32_arithmetic, zero_state
 
 DEFAULT_BLOCK_LEN = 16
-# WKV-7 builds four (B, H, L, L, N) tensors per block, so its work per token grows with L: on CPU,
-# 8-token blocks ran its forward + backward 4-11% faster than 16 (benchmarks/results/profile.md);
-# 4 was slower (more per-block overhead). WKV-6 measured the same at 8 and 16.
-WKV7_BLOCK_LEN = 8
 
 
 def _pair_decay(query_log: Tensor, key_log: Tensor, mask: Tensor) -> Tensor:
@@ -98,7 +94,7 @@ def wkv7_chunked(
     a: Tensor,
     b: Tensor,
     initial_state: Tensor | None = None,
-    block_len: int = WKV7_BLOCK_LEN,
+    block_len: int = DEFAULT_BLOCK_LEN,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as ``wkv7_reference``; any T (the last block may be shorter)."""
     return _scan_blocks(_wkv7_block, (r, w, k, v, a, b), initial_state, block_len)
