@@ -61,3 +61,24 @@ def test_l2wrap_adds_gradient_only_at_the_max_logit():
     for t in range(2):  # the masked third token gets nothing
         expected[0, t, argmax[0, t]] = 0.5 * max_val[0, t]
     torch.testing.assert_close(extra, expected)
+
+
+@pytest.mark.parametrize("n_chunks", [1, 3])
+def test_only_chunks_before_the_last_are_recomputed(n_chunks):
+    """With recompute on, every chunk but the last runs its forward twice (forward, then recompute in
+    backward); the last one once: its backward comes right after its forward."""
+    model = random_model()
+    ctx_len = 16
+    ids, tgt, mask = random_batch(T=n_chunks * ctx_len)
+    runs_per_chunk = [0] * n_chunks
+
+    def count(module, inputs, output):
+        chunk = next(c for c in range(n_chunks) if torch.equal(inputs[0], ids[:, c * ctx_len:(c + 1) * ctx_len]))
+        runs_per_chunk[chunk] += 1
+
+    handle = model.emb.register_forward_hook(count)
+    out = chunked_sample_loss(model, ids, tgt, mask, ctx_len=ctx_len, recompute=True, l2wrap=1e-4)
+    out.loss.backward()
+    handle.remove()
+    assert out.n_chunks == n_chunks
+    assert runs_per_chunk == [2] * (n_chunks - 1) + [1]

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from ..ops import get_backend
+from .layers import Head
 from .state import RecurrentState
 from .v5 import V5_INIT, ChannelMixV5, TimeMixV5
 from .v6 import V6_INIT, ChannelMixV6, TimeMixV6
@@ -84,7 +85,7 @@ class RWKV(nn.Module):
         self.emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i, wkv_backend) for i in range(cfg.n_layer))
         self.ln_out = nn.LayerNorm(cfg.n_embd)
-        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head = Head(cfg.n_embd, cfg.vocab_size)
         # A state-tuned model's learned starting WKV state (L, H, N, N) [key, value], or None (zeros).
         self.register_buffer("initial_wkv", None)
 

@@ -2,7 +2,12 @@
 recurrent state carried between chunks.
 
 Memory stays flat because each chunk's forward runs under activation checkpointing: only the
-chunk-boundary states (a few MB) are kept, and every chunk is recomputed in the backward pass.
+chunk-boundary states (a few MB) are kept, and the chunk is recomputed in the backward pass. The
+last chunk is the exception: its backward runs first, right after its forward, so keeping its
+activations costs no extra peak memory, and a sample of one chunk runs its forward only once.
+Being run once, the last chunk (and every chunk without gradients) takes its loss from the model's
+head in token slices with the gradients computed on the way (ops/head_loss.py): its logits never
+exist whole. A recomputed chunk keeps the plain logits path, whose first pass does no gradient work.
 Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` detaches it.
 """
 
@@ -52,9 +57,11 @@ def chunked_sample_loss(
     state = model.empty_state(B, input_ids.device) if state is None else state
     mask = mask.float()
 
-    def run_chunk(ids, tgt, msk, *state_parts):
-        logits, new_state = model(ids, RecurrentState(*state_parts))
-        return (masked_token_loss_sum(logits, tgt, msk, l2wrap), *new_state)
+    def run_chunk(sliced_head, ids, tgt, msk, *state_parts):
+        hidden, new_state = model.hidden(ids, RecurrentState(*state_parts))
+        if sliced_head:
+            return (model.head(hidden, tgt, msk, l2wrap), *new_state)
+        return (masked_token_loss_sum(model.head(hidden), tgt, msk, l2wrap), *new_state)
 
     loss_sum = torch.zeros((), device=input_ids.device)
     n_chunks = 0
@@ -65,10 +72,11 @@ def chunked_sample_loss(
         if bptt_truncate:
             state = state.detach()
         args = (input_ids[:, chunk], targets[:, chunk], mask[:, chunk], *state)
-        if recompute and torch.is_grad_enabled():
-            chunk_loss, *parts = checkpoint(run_chunk, *args, use_reentrant=False)
+        is_last = start + ctx_len >= T
+        if recompute and torch.is_grad_enabled() and not is_last:
+            chunk_loss, *parts = checkpoint(run_chunk, False, *args, use_reentrant=False)
         else:
-            chunk_loss, *parts = run_chunk(*args)
+            chunk_loss, *parts = run_chunk(is_last or not torch.is_grad_enabled(), *args)
         state = RecurrentState(*parts)
         loss_sum = loss_sum + chunk_loss
         n_chunks += 1

@@ -79,7 +79,7 @@ class RWKVModule(L.LightningModule):
             ctx_len: Chunk length of the state carry: samples of any length are cut into chunks of
                 ctx_len tokens and the recurrent state flows from chunk to chunk. A multiple of 16.
             bptt_truncate: Detach the state between chunks (no gradient through it). Default: exact BPTT.
-            recompute_chunks: Recompute each chunk in the backward pass so that memory stays flat
+            recompute_chunks: Recompute each chunk but the last in the backward pass so that memory stays flat
                 in the sample length (only chunk-boundary states are kept).
             load_model: A BlinkDL-format .pth to start from (finetuning); null starts from the official init.
             wkv_backend: WKV implementation: chunked (pure PyTorch, any device, default), reference

@@ -1,0 +1,74 @@
+"""The head and the loss in one op, over slices of tokens: the (tokens x vocab) logits never exist whole.
+
+With the world vocabulary the logits dwarf everything else a small model computes (1024 tokens x
+65536 x fp32 = 268 MB), and autograd would keep them, their log-softmax and their gradient. Here
+each slice of tokens computes its logits, its masked cross-entropy, BlinkDL's L2Wrap push and, as
+the loss is the end of the graph, at once its gradient w.r.t. the hidden states and the head
+weight (for a unit incoming gradient; backward only scales them). So the head runs three matrix
+products per token (as plain autograd does), nothing is recomputed, and peak memory is bounded by
+one slice. The idea is flash-linear-attention's fused linear cross-entropy; the code is ours
+because L2Wrap has to be folded into the same gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Tokens per slice: the slice's fp32 logits take about 64 MB whatever the vocabulary.
+SLICE_ELEMENTS = 2**24
+
+
+class _LinearLossSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tensor, l2wrap: float,
+                slice_tokens: int, with_grads: bool) -> Tensor:
+        loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if with_grads else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
+        for start in range(0, hidden.shape[0], slice_tokens):
+            part = slice(start, start + slice_tokens)
+            h, tgt, msk = hidden[part], targets[part, None], mask[part, None]
+            logits = F.linear(h, weight)  # model dtype (bf16 under autocast), as the plain head gives
+            scores = logits.float()
+            log_norm = scores.logsumexp(-1, keepdim=True)
+            loss_sum += ((log_norm - scores.gather(-1, tgt)) * msk).sum()
+            if not with_grads:
+                continue
+            if l2wrap > 0:  # BlinkDL's L2Wrap: push every token's largest logit towards 0
+                max_logit, argmax = logits.max(-1, keepdim=True)
+                push = (max_logit * msk * l2wrap).float()
+            grad_logits = scores.sub_(log_norm).exp_()  # softmax, in place (scores may be the logits)
+            grad_logits.scatter_add_(-1, tgt, torch.full_like(msk, -1.0))
+            grad_logits.mul_(msk)
+            if l2wrap > 0:
+                grad_logits.scatter_add_(-1, argmax, push)
+            grad_logits = grad_logits.to(logits.dtype)
+            grad_hidden[part] = grad_logits @ weight.to(logits.dtype)
+            grad_weight += (grad_logits.t() @ h.to(logits.dtype)).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        if grad_hidden is None:
+            raise RuntimeError("linear_loss_sum ran without gradients (under no_grad) and cannot backpropagate")
+        return (grad_hidden * grad_loss.to(grad_hidden.dtype), (grad_weight * grad_loss).to(ctx.weight_dtype),
+                None, None, None, None, None)
+
+
+def linear_loss_sum(hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tensor, l2wrap: float = 0.0,
+                    slice_tokens: int | None = None) -> Tensor:
+    """Sum over tokens of mask * cross_entropy(hidden @ weight.T, targets), L2Wrap in the gradient.
+
+    hidden (..., C), weight (V, C), targets (...) int64, mask (...) float -> scalar float32. The
+    same loss and gradients as ``masked_token_loss_sum(F.linear(hidden, weight), ...)``.
+    """
+    hidden, targets, mask = hidden.flatten(0, -2), targets.flatten(), mask.flatten().float()
+    slice_tokens = slice_tokens or max(1, SLICE_ELEMENTS // weight.shape[0])
+    with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _LinearLossSum.apply(hidden, weight, targets, mask, l2wrap if with_grads else 0.0, slice_tokens,
+                                with_grads)

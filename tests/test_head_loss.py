@@ -1,0 +1,54 @@
+"""The sliced head + loss op gives the loss and gradients of the plain head and the logits-level loss."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rwkv_infctx.ops.head_loss import linear_loss_sum
+from rwkv_infctx.training.loss import masked_token_loss_sum
+
+from .helpers import rel_err
+
+
+def loss_and_grads(loss_fn, hidden, weight):
+    hidden, weight = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss = loss_fn(hidden, weight) * 0.37  # an incoming gradient other than 1
+    loss.backward()
+    return loss, hidden.grad, weight.grad
+
+
+@pytest.mark.parametrize("l2wrap", [0.0, 1e-2])
+@pytest.mark.parametrize("slice_tokens", [5, 64, None], ids=["slices5", "slices64", "default"])
+def test_sliced_head_loss_equals_plain_head_and_loss(l2wrap, slice_tokens):
+    g = torch.Generator().manual_seed(0)
+    B, T, C, V = 2, 23, 16, 97
+    hidden, weight = torch.randn(B, T, C, generator=g), torch.randn(V, C, generator=g) * 2
+    targets = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).float()
+
+    def plain(h, w):
+        return masked_token_loss_sum(F.linear(h, w), targets, mask, l2wrap)
+
+    def sliced(h, w):
+        return linear_loss_sum(h, w, targets, mask, l2wrap, slice_tokens)
+
+    expected, sliced_out = loss_and_grads(plain, hidden, weight), loss_and_grads(sliced, hidden, weight)
+    assert rel_err(sliced_out[0], expected[0]) < 1e-6
+    assert rel_err(sliced_out[1], expected[1]) < 1e-5  # w.r.t. the hidden states
+    assert rel_err(sliced_out[2], expected[2]) < 1e-5  # w.r.t. the head weight
+    if l2wrap:  # the push is large enough here to be seen
+        assert rel_err(loss_and_grads(lambda h, w: linear_loss_sum(h, w, targets, mask), hidden, weight)[2],
+                       expected[2]) > 1e-3
+    with torch.no_grad():
+        assert rel_err(sliced(hidden, weight), expected[0] / 0.37) < 1e-6
+
+
+def test_the_head_module_returns_logits_or_the_loss():
+    from rwkv_infctx.model.layers import Head
+
+    torch.manual_seed(0)
+    head = Head(8, 11)
+    x, targets, mask = torch.randn(2, 3, 8), torch.randint(0, 11, (2, 3)), torch.ones(2, 3)
+    logits = head(x)
+    assert logits.shape == (2, 3, 11)
+    torch.testing.assert_close(head(x, targets, mask), masked_token_loss_sum(logits, targets, mask))
