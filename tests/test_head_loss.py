@@ -52,3 +52,15 @@ def test_the_head_module_returns_logits_or_the_loss():
     logits = head(x)
     assert logits.shape == (2, 3, 11)
     torch.testing.assert_close(head(x, targets, mask), masked_token_loss_sum(logits, targets, mask))
+
+
+def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_theirs():
+    """LoRA and state tuning freeze the head: its gradient is not computed, the rest is unchanged."""
+    g = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(2, 9, 16, generator=g), torch.randn(97, 16, generator=g)
+    targets, mask = torch.randint(0, 97, (2, 9), generator=g), torch.ones(2, 9)
+    h = hidden.clone().requires_grad_()
+    (linear_loss_sum(h, weight, targets, mask, 1e-2, 4) * 0.37).backward()
+    expected = loss_and_grads(lambda x, w: masked_token_loss_sum(F.linear(x, w), targets, mask, 1e-2), hidden, weight)
+    assert weight.grad is None
+    assert rel_err(h.grad, expected[1]) < 1e-5

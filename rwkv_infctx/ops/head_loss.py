@@ -23,10 +23,11 @@ SLICE_ELEMENTS = 2**24
 class _LinearLossSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tensor, l2wrap: float,
-                slice_tokens: int, with_grads: bool) -> Tensor:
+                slice_tokens: int, with_grads: bool, weight_grad: bool) -> Tensor:
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if with_grads else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grads else None
+        # a frozen head (LoRA, state tuning) skips a third of the head's matrix products
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight_grad else None
         for start in range(0, hidden.shape[0], slice_tokens):
             part = slice(start, start + slice_tokens)
             h, tgt, msk = hidden[part], targets[part, None], mask[part, None]
@@ -46,7 +47,8 @@ class _LinearLossSum(torch.autograd.Function):
                 grad_logits.scatter_add_(-1, argmax, push)
             grad_logits = grad_logits.to(logits.dtype)
             grad_hidden[part] = grad_logits @ weight.to(logits.dtype)
-            grad_weight += (grad_logits.t() @ h.to(logits.dtype)).float()
+            if weight_grad:
+                grad_weight += (grad_logits.t() @ h.to(logits.dtype)).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return loss_sum
@@ -56,8 +58,8 @@ class _LinearLossSum(torch.autograd.Function):
         grad_hidden, grad_weight = ctx.saved_tensors
         if grad_hidden is None:
             raise RuntimeError("linear_loss_sum ran without gradients (under no_grad) and cannot backpropagate")
-        return (grad_hidden * grad_loss.to(grad_hidden.dtype), (grad_weight * grad_loss).to(ctx.weight_dtype),
-                None, None, None, None, None)
+        weight_grad = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), weight_grad, None, None, None, None, None, None
 
 
 def linear_loss_sum(hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tensor, l2wrap: float = 0.0,
@@ -71,4 +73,4 @@ def linear_loss_sum(hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tenso
     slice_tokens = slice_tokens or max(1, SLICE_ELEMENTS // weight.shape[0])
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _LinearLossSum.apply(hidden, weight, targets, mask, l2wrap if with_grads else 0.0, slice_tokens,
-                                with_grads)
+                                with_grads, with_grads and weight.requires_grad)
