@@ -15,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from .data.datamodule import RWKVDataModule
-from .errors import ConfigError, RWKVTrainerError
+from .errors import ConfigError, one_line_errors
 from .files import atomic_write, first_unused
 from .training.module import RWKVModule
 from .training.safety import LIGHTNING_CKPT_NAMES
@@ -116,11 +116,7 @@ def refuse_empty_configs(args: list[str]) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
+    # MisconfigurationException: a trainer setting Lightning refuses (e.g. DeepSpeed not installed)
+    with one_line_errors(argparse.ArgumentError, MisconfigurationException):
         refuse_empty_configs(sys.argv[1:] if args is None else args)
         run_cli(args)
-    except (RWKVTrainerError, argparse.ArgumentError, MisconfigurationException) as exc:
-        # MisconfigurationException: a trainer setting Lightning refuses (e.g. DeepSpeed not installed)
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)

@@ -1,5 +1,8 @@
 """User-facing errors: each is printed as one line (``error: ...``) by the command-line entry points."""
 
+import contextlib
+import sys
+
 
 class RWKVTrainerError(Exception):
     """Base class; the message says what to fix."""
@@ -23,3 +26,16 @@ class WriteError(RWKVTrainerError, OSError):
 
 class TrainingStopped(RWKVTrainerError):
     """Training stopped early on purpose (a signal, a diverged loss); the message says what was kept."""
+
+
+@contextlib.contextmanager
+def one_line_errors(*also: type[BaseException]):
+    """For the command-line entry points: an error the user can fix (an ``RWKVTrainerError``, or one
+    of ``also``) is printed as one line, ``error: ...``, and the program exits with code 2; any
+    other exception is a bug and keeps its traceback."""
+    try:
+        yield
+    except (RWKVTrainerError, *also) as exc:
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -7,11 +7,10 @@ The direction follows the source: a .pth file is written as an HF folder, an HF 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..checkpoint import DTYPES
-from ..errors import CheckpointError, RWKVTrainerError
+from ..errors import CheckpointError, one_line_errors
 from ..interchange.hf import hf_to_pth, pth_to_hf
 
 
@@ -33,9 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="convert every tensor (default: keep)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output .pth")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors():
         path = convert(args.source, args.out, args.dtype, args.overwrite)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {path}")

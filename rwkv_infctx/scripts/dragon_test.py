@@ -10,7 +10,7 @@ import torch
 
 from ..checkpoint import config_from_state_dict, load_pth, load_state_into
 from ..data.tokenizer import load_tokenizer
-from ..errors import RWKVTrainerError
+from ..errors import RWKVTrainerError, one_line_errors
 from ..generate import DRAGON_PROMPT, SamplingConfig, generate_tokens
 from ..model import RWKV
 from ..model.adapters import load_adapter
@@ -76,9 +76,6 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+    with one_line_errors():
         run(args.model, args.tokenizer, args.prompt, args.length,
             SamplingConfig(args.temperature, args.top_p, args.seed), adapter=args.adapter)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
 
 from ..data.tokenizer import load_tokenizer
-from ..errors import RWKVTrainerError
+from ..errors import one_line_errors
 from ..eval.lambada import evaluate_lambada
 from .dragon_test import load_model
 
@@ -24,11 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
+    with one_line_errors(OSError):
         model = load_model(args.model).to(args.device)
         result = evaluate_lambada(model, load_tokenizer(args.tokenizer), args.lambada)
-    except (RWKVTrainerError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     print(json.dumps({"lambada_examples": result.examples, "lambada_acc": result.accuracy,
                       "lambada_ppl": result.perplexity}))

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-import sys
 from pathlib import Path
 from unittest import mock
 
 import torch
 
 from ..checkpoint import DTYPES, config_from_state_dict, load_pth, save_pth, strip_wrapper_prefixes
-from ..errors import CheckpointError, RWKVTrainerError
+from ..errors import CheckpointError, one_line_errors
 from ..model.adapters import merged_state_dict
 
 
@@ -95,9 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora_alpha", type=float, default=None,
                    help="LoRA alpha, where the checkpoint does not record it (DeepSpeed folders)")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors():
         path = export(args.checkpoint, args.out, args.dtype, args.overwrite, args.lora_alpha)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {path}")

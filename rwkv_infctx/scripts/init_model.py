@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import DTYPES, save_pth
 from ..config import ModelConfig
-from ..errors import RWKVTrainerError
+from ..errors import RWKVTrainerError, one_line_errors
 from ..model import RWKV
 
 NAMED_VOCABS = {"world": 65536, "neox": 50277}
@@ -57,13 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
+    with one_line_errors():
         cfg = ModelConfig(version=args.version, n_layer=args.n_layer, n_embd=args.n_embd,
                           vocab_size=args.vocab_size, head_size=args.head_size, dim_ffn=args.dim_ffn)
         written = init_model(args.out, cfg, args.seed, args.dtype, args.skip_if_exists)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     if written is None:
         print(f"{args.out} exists, left untouched (--skip-if-exists)")
     else:

@@ -4,11 +4,10 @@ no model uses (an HF-style extra, a stray training buffer). Prints what changed.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..checkpoint import DTYPES, load_pth, save_pth
-from ..errors import RWKVTrainerError
+from ..errors import one_line_errors
 from ..interchange.surgery import grow_state_dict
 
 
@@ -31,12 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0, help="for the random parts of the new layers' init")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors():
         path, stripped = surgery(args.source, args.out, args.n_layer, args.vocab_size, args.dtype, args.seed,
                                  args.overwrite)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     if stripped:
         print(f"dropped {len(stripped)} key(s) no model uses: {', '.join(stripped)}")
     print(f"wrote {path}")

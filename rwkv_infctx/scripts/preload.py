@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import yaml
@@ -11,7 +10,7 @@ from jsonargparse import ArgumentParser
 
 from ..data.datamodule import RWKVDataModule
 from ..data.tokenizer import load_tokenizer
-from ..errors import ConfigError, RWKVTrainerError
+from ..errors import ConfigError, one_line_errors
 
 
 def data_module_from_config(path: str, overrides: dict) -> tuple[RWKVDataModule, dict]:
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num_proc", type=int, default=None, help="tokenisation processes (default: data.num_proc)")
     p.add_argument("--overwrite", action="store_true", help="rebuild this setting's cache if it exists")
     args = p.parse_args(argv)
-    try:
+    with one_line_errors():
         overrides = {"num_proc": args.num_proc} if args.num_proc else {}
         data, model = data_module_from_config(args.config, overrides)
         if not data.hparams.data_path:
@@ -48,9 +47,6 @@ def main(argv: list[str] | None = None) -> None:
             raise ConfigError(f"data.tokenizer has {tokenizer_vocab} tokens but model.vocab_size={vocab}")
         start = time.perf_counter()
         meta = data.preload(overwrite=args.overwrite)
-    except RWKVTrainerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
     if meta.get("in_place"):
         print(f"nothing to cache: the binidx source is read in place ({meta['samples']} samples, "
               f"{meta['tokens']} tokens)")
