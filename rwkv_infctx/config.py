@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Literal
+from typing import Literal, get_args
 
 from .errors import ConfigError
 
 Version = Literal["x052", "x060", "x070"]
-SUPPORTED_VERSIONS: tuple[str, ...] = ("x052", "x060", "x070")
+SUPPORTED_VERSIONS: tuple[str, ...] = get_args(Version)  # the one list of versions
 
 
 def _lora_dim(n_embd: int, factor: float, power: float = 0.5) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Literal
 
@@ -73,14 +74,13 @@ def split_train_test(n: int, test_split: float, seed: int) -> tuple[np.ndarray, 
 
 
 # The data.* keys that change a source's samples: data.sources entries may override them per source.
-_FORMAT_KEYS = ("format", "text_column", "prompt_column", "completion_column", "mask_prompt", "columns",
-                "conversation_column", "chat_template", "train_on")
+_FORMAT_KEYS = tuple(f.name for f in fields(FormatConfig))  # data.* keys of the same names
 _PER_SOURCE_KEYS = {"source", "source_name", "split", "data_files", *_FORMAT_KEYS, "min_token_size",
                     "max_token_size", "split_long", "sample_len", "packing_len", "sort_by_length"}
 
 
 def _make_spec(values: dict) -> DataSpec:
-    fmt = FormatConfig(*(values[k] if k != "columns" else list(values[k] or []) for k in _FORMAT_KEYS))
+    fmt = FormatConfig(**{k: values[k] if k != "columns" else list(values[k] or []) for k in _FORMAT_KEYS})
     return DataSpec(fmt=fmt, **{k: v for k, v in values.items() if k not in _FORMAT_KEYS})
 
 

@@ -29,19 +29,20 @@ class VersionSpec(NamedTuple):
     # config field -> (state-dict key, axis): where a .pth records each size that is not
     # n_layer/n_embd/vocab_size (keys of blocks.1 are absent from 1-layer models: default then)
     shape_dims: dict[str, tuple[str, int]]
+    double_lr: tuple[str, ...]  # parameter name suffixes BlinkDL trains at 2x the learning rate (the decay bias)
 
 
 VERSIONS: dict[str, VersionSpec] = {
     "x052": VersionSpec(TimeMixV5, ChannelMixV5, V5_INIT, {
         "head_size": ("blocks.0.att.time_faaaa", 1),
         "dim_ffn": ("blocks.0.ffn.key.weight", 0),
-    }),
+    }, ("att.time_decay",)),
     "x060": VersionSpec(TimeMixV6, ChannelMixV6, V6_INIT, {
         "head_size": ("blocks.0.att.time_faaaa", 1),
         "dim_ffn": ("blocks.0.ffn.key.weight", 0),
         "mix_lora": ("blocks.0.att.time_maa_w2", 1),
         "decay_lora": ("blocks.0.att.time_decay_w1", 1),
-    }),
+    }, ("att.time_decay",)),
     "x070": VersionSpec(TimeMixV7, ChannelMixV7, V7_INIT, {
         "head_size": ("blocks.0.att.r_k", 1),
         "dim_ffn": ("blocks.0.ffn.key.weight", 0),
@@ -49,7 +50,7 @@ VERSIONS: dict[str, VersionSpec] = {
         "iclr_lora": ("blocks.0.att.a1", 1),
         "value_lora": ("blocks.1.att.v1", 1),
         "gate_lora": ("blocks.0.att.g1", 1),
-    }),
+    }, ("att.w0",)),
 }
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import DTYPES, save_pth
-from ..config import ModelConfig
+from ..config import SUPPORTED_VERSIONS, ModelConfig
 from ..errors import RWKVTrainerError, one_line_errors
 from ..model import RWKV
 
@@ -41,12 +42,14 @@ def init_model(out: str, cfg: ModelConfig, seed: int = 42, dtype: str = "fp32",
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="init_model.py", description=__doc__)
     p.add_argument("out", help="path of the .pth to write")
-    p.add_argument("--version", default="x070", choices=["x052", "x060", "x070"], help="RWKV generation")
+    p.add_argument("--version", default="x070", choices=SUPPORTED_VERSIONS, help="RWKV generation")
     p.add_argument("--n_layer", type=int, required=True)
     p.add_argument("--n_embd", type=int, required=True)
     p.add_argument("--vocab_size", type=vocab_size_arg, default=65536, help="a number, world (65536) or neox (50277)")
     p.add_argument("--head_size", type=int, default=64)
     p.add_argument("--dim_ffn", type=int, default=None)
+    for rank in ("decay_lora", "iclr_lora", "value_lora", "gate_lora", "mix_lora"):  # ModelConfig's docstring
+        p.add_argument(f"--{rank}", type=int, default=None, help="LoRA rank; default: BlinkDL's for n_embd")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--skip-if-exists", dest="skip_if_exists", action="store_true",
@@ -57,8 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     with one_line_errors():
-        cfg = ModelConfig(version=args.version, n_layer=args.n_layer, n_embd=args.n_embd,
-                          vocab_size=args.vocab_size, head_size=args.head_size, dim_ffn=args.dim_ffn)
+        cfg = ModelConfig(**{f.name: getattr(args, f.name) for f in fields(ModelConfig)})
         written = init_model(args.out, cfg, args.seed, args.dtype, args.skip_if_exists)
     if written is None:
         print(f"{args.out} exists, left untouched (--skip-if-exists)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Literal
 
@@ -18,7 +18,7 @@ from ..checkpoint import (
     load_pth,
     load_state_into,
 )
-from ..config import ModelConfig
+from ..config import ModelConfig, Version
 from ..errors import ConfigError, DataError
 from ..files import first_unused
 from ..model import RWKV
@@ -33,12 +33,17 @@ from .safety import StopOnSignal, adam_eps_for, check_resumable, safety_callback
 class RWKVModule(L.LightningModule):
     def __init__(
         self,
-        version: Literal["x052", "x060", "x070"] = "x070",
+        version: Version = "x070",
         n_layer: int = 4,
         n_embd: int = 256,
         vocab_size: int = 65536,
         head_size: int = 64,
         dim_ffn: int | None = None,
+        decay_lora: int | None = None,
+        iclr_lora: int | None = None,
+        value_lora: int | None = None,
+        gate_lora: int | None = None,
+        mix_lora: int | None = None,
         ctx_len: int = 256,
         bptt_truncate: bool = False,
         recompute_chunks: bool = True,
@@ -76,6 +81,12 @@ class RWKVModule(L.LightningModule):
             vocab_size: Tokenizer vocabulary size (65536 for the world tokenizer).
             head_size: WKV head size; n_embd must be a multiple of it.
             dim_ffn: Channel-mix hidden width; null means the version's default (4 x n_embd for x070).
+            decay_lora: Rank of the decay LoRA (x070 w1/w2, x060 time_decay_w1/w2); null = BlinkDL's
+                default for n_embd. A loaded .pth's ranks are read from its shapes instead.
+            iclr_lora: Rank of x070's in-context learning-rate LoRA (a1/a2); null = BlinkDL's default.
+            value_lora: Rank of x070's value-residual LoRA (v1/v2); null = BlinkDL's default.
+            gate_lora: Rank of x070's output-gate LoRA (g1/g2); null = BlinkDL's default.
+            mix_lora: Rank of x060's token-shift mix LoRA (time_maa_w1/w2); null = BlinkDL's default (32).
             ctx_len: Chunk length of the state carry: samples of any length are cut into chunks of
                 ctx_len tokens and the recurrent state flows from chunk to chunk. A multiple of 16.
             bptt_truncate: Detach the state between chunks (no gradient through it). Default: exact BPTT.
@@ -129,8 +140,8 @@ class RWKVModule(L.LightningModule):
                 f"(the WKV kernels' chunk length), e.g. {max(CTX_LEN_MULTIPLE, ctx_len // CTX_LEN_MULTIPLE * CTX_LEN_MULTIPLE)}"
             )
         wkv_backend = resolve_backend(wkv_backend, wkv_fallback)
-        cfg = ModelConfig(version=version, n_layer=n_layer, n_embd=n_embd, vocab_size=vocab_size,
-                          head_size=head_size, dim_ffn=dim_ffn)
+        # the architecture fields are this constructor's arguments of the same name (tested)
+        cfg = ModelConfig(**{f.name: self.hparams[f.name] for f in fields(ModelConfig)})
         if load_model:
             sd = load_pth(load_model)
             file_cfg = config_from_state_dict(sd)

@@ -5,26 +5,28 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from ..errors import ConfigError
+from ..model import RWKV, VERSIONS
 
 
-def param_groups(model: nn.Module, weight_decay: float, state_lr_scale: float = 1.0) -> list[dict]:
-    """Weight decay only on 2-D ``.weight`` matrices; 2x learning rate on the decay bias
-    (``att.w0`` in x070, ``att.time_decay`` in x052/x060), as BlinkDL's trainers do. A learned
+def param_groups(model: RWKV, weight_decay: float, state_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay only on 2-D ``.weight`` matrices; 2x learning rate on the decay bias (each
+    version's ``VersionSpec.double_lr``: ``att.w0`` in x070, ``att.time_decay`` in x052/x060), as
+    BlinkDL's trainers do. A learned
     starting state (state tuning) gets its own group at ``state_lr_scale`` x the learning rate.
     Frozen parameters get no group (and so no optimizer state).
 
     ``lr_scale`` is read by the schedule; it mirrors BlinkDL's ``my_lr_scale``.
     """
+    double_lr_names = VERSIONS[model.cfg.version].double_lr
     decay, double_lr, plain, state = [], [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if name == "initial_wkv":
             state.append(p)
-        elif name.endswith(("att.w0", "att.time_decay")):
+        elif name.endswith(double_lr_names):
             double_lr.append(p)
         elif weight_decay > 0 and p.squeeze().dim() >= 2 and name.endswith(".weight"):
             decay.append(p)
