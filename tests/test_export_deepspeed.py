@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rwkv_infctx.checkpoint import IGNORED_KEYS
 from rwkv_infctx.scripts.export_checkpoint import export
 
 pytest.importorskip("deepspeed")
@@ -50,7 +51,7 @@ def test_export_deepspeed_folder(stage, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     expected = torch.load(folder / "expected.pt", weights_only=True)
     sd = torch.load(export(str(folder), str(tmp_path / "out.pth")), weights_only=True)
-    assert sd.keys() == expected.keys()
-    for key in sd:
+    assert sd.keys() - expected.keys() == set(IGNORED_KEYS)  # BlinkDL's unused layer-0 v0/v1/v2
+    for key in expected:
         torch.testing.assert_close(sd[key], expected[key].float(), rtol=0, atol=0, msg=key)
     assert not torch.equal(sd["blocks.1.att.key.weight"], torch.zeros_like(sd["blocks.1.att.key.weight"]))
