@@ -144,6 +144,26 @@ def test_signal_saves_a_checkpoint_that_resumes_the_same_run(tmp_path, capfd, un
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL and leftovers(ckpt.parent) == []
 
 
+def test_sigterm_between_micro_batches_saves_the_whole_step(tmp_path):
+    """Under gradient accumulation a signal after a step's first micro-batch lets the step finish:
+    the checkpoint is of a completed step and resuming gives the uninterrupted run's losses."""
+    source = small_corpus(tmp_path)
+
+    class SignalAfterFirstMicroBatch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 2:  # the first of step 1's two micro-batches
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    whole = logged_steps(tiny_fit(tmp_path / "whole", source, max_steps=3, accumulate_grad_batches=2))
+    with pytest.raises(SystemExit) as stop:
+        tiny_fit(tmp_path, source, max_steps=3, callbacks=[SignalAfterFirstMicroBatch()], accumulate_grad_batches=2)
+    assert stop.value.code == 128 + signal.SIGTERM
+    ckpt = tmp_path / "log" / "version_0" / "checkpoints" / "interrupted-step=2.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 2
+    rest = logged_steps(tiny_fit(tmp_path, source, max_steps=3, ckpt_path=ckpt, accumulate_grad_batches=2))
+    assert rest == pytest.approx(whole[2:], rel=1e-6)
+
+
 @pytest.mark.slow
 def test_sigterm_during_a_sample_of_many_chunks_stops_within_seconds(tmp_path):
     """A real process, 200-chunk samples: SIGTERM is acted on at the next chunk, and the

@@ -151,6 +151,7 @@ class StopOnSignal(L.Callback):
         self.signal_name = "SIGTERM"
         self._previous_sigusr1 = None
         self._saved_at_step: int | None = None
+        self._deferred = False  # a signal held back until the step's last micro-batch ends
 
     def should_stop(self) -> bool:
         """Asked by the chunk loop between chunks: drop the step in progress? On one device, and
@@ -177,9 +178,15 @@ class StopOnSignal(L.Callback):
             handler(signal.SIGTERM, frame)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # where ModelCheckpoint saves: the step is complete; Lightning raises SIGTERMException next
-        if trainer.received_sigterm and not trainer.fit_loop._should_accumulate():
+        step_complete = not trainer.fit_loop._should_accumulate()
+        if self._deferred and step_complete:
+            trainer._signal_connector.received_sigterm, self._deferred = True, False
+        if not trainer.received_sigterm:
+            return
+        if step_complete:  # where ModelCheckpoint saves; Lightning raises SIGTERMException next
             self._save(trainer)
+        else:  # Lightning would stop after this micro-batch, mid-step: finish the step first
+            trainer._signal_connector.received_sigterm, self._deferred = False, True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "fit")  # Lightning calls no teardown hook after an exception
