@@ -22,6 +22,7 @@ def run_script(*args, timeout=600):
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_fit_then_validate_in_subprocesses(tmp_path):
     out = tmp_path / "out"
     fit = run_script("lightning_trainer.py", "fit", "-c", "config-example.yaml", *TINY,

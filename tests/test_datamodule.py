@@ -184,6 +184,7 @@ def test_validate_stage_uses_the_whole_source(tmp_path):
     assert data.max_token_id < 65536 and data.tokenizer_vocab_size == 65536
 
 
+@pytest.mark.slow
 def test_preload_script_builds_then_reuses(tmp_path):
     src = write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text to tokenise. " * 10}] * 3)
     cfg = tmp_path / "c.yaml"

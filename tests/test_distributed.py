@@ -51,6 +51,7 @@ def documents_of_varied_length(folder: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("samples", ["fixed-length", "varied-length"])
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, samples):
     data = [] if samples == "fixed-length" else [

@@ -5,9 +5,12 @@ default 37M model, world vocabulary, ctx_len 128). The run without per-chunk rec
 that the measurement does see growth when activations are kept.
 """
 
+import pytest
+
 from benchmarks.cpu_benchmark import run_child
 
 
+@pytest.mark.slow
 def test_peak_memory_is_flat_in_sample_length():
     short = run_child(chunks=2, ctx_len=128, recompute=True)
     long = run_child(chunks=16, ctx_len=128, recompute=True)

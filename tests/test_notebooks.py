@@ -73,6 +73,7 @@ def assert_tiny_x070(path: Path) -> None:
     assert (cfg.n_layer, cfg.n_embd, cfg.vocab_size) == (2, 64, 65536)
 
 
+@pytest.mark.slow
 def test_from_scratch_notebook_runs(tmp_path):
     pth, text = execute("rwkv7-from-scratch.ipynb", tmp_path, sample_len=64, batch_size=2, max_steps=3,
                         val_every=3, val_batches=1, dragon_length=8)
@@ -81,6 +82,7 @@ def test_from_scratch_notebook_runs(tmp_path):
     assert "train/loss" in text and "[8 tokens in" in text
 
 
+@pytest.mark.slow
 def test_finetune_instruct_notebook_runs(tmp_path):
     pth, text = execute("rwkv7-finetune-instruct.ipynb", tmp_path, batch_size=2, max_steps=3, val_every=3,
                         val_batches=1, reply_length=8)
@@ -91,6 +93,7 @@ def test_finetune_instruct_notebook_runs(tmp_path):
     assert "tokens are loss targets" in text and "[8 tokens in" in text
 
 
+@pytest.mark.slow
 def test_infinite_context_notebook_runs(tmp_path):
     pth, text = execute("rwkv7-infinite-context.ipynb", tmp_path, chunks=[2], no_recompute_chunks=[2],
                         steps=1, dragon_length=8)

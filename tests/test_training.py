@@ -17,6 +17,7 @@ from rwkv_infctx.training.optim import lr_at, param_groups
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["x052", "x060", "x070"])
 def test_a_few_dozen_steps_on_real_text_lower_the_loss(tmp_path, version):
     torch.manual_seed(0)
