@@ -5,13 +5,16 @@ import torch
 
 from rwkv_infctx.checkpoint import IGNORED_KEYS, load_pth, save_pth
 from rwkv_infctx.config import ModelConfig
-from rwkv_infctx.errors import ConfigError
+from rwkv_infctx.errors import CheckpointError, ConfigError
 from rwkv_infctx.model.adapters import (
+    LORA_META,
     LoraConfig,
+    adapter_state_dict,
     check_exports,
     export_state_dict,
     prepare_finetuning,
     save_exports,
+    state_only_dict,
 )
 from rwkv_infctx.scripts.dragon_test import load_model
 from rwkv_infctx.training.bptt import chunked_sample_loss
@@ -148,6 +151,17 @@ def test_lightning_checkpoint_with_lora_resumes_and_exports_merged(tmp_path):
     for key, value in expected.items():
         if key != "initial_wkv":
             assert torch.equal(exported[key], value), key
+    # --only adapter / state: the files fit's export_adapter / export_state would have written
+    adapter = torch.load(export(str(ckpt), str(tmp_path / "adapter.pth"), only="adapter"), weights_only=True)
+    expected_adapter = adapter_state_dict(module.model, module.lora)
+    assert adapter.keys() == expected_adapter.keys() and adapter[LORA_META] == expected_adapter[LORA_META]
+    for key in expected_adapter.keys() - {LORA_META}:
+        assert torch.equal(adapter[key], expected_adapter[key]), key
+    state = torch.load(export(str(ckpt), str(tmp_path / "state.pth"), only="state"), weights_only=True)
+    assert state.keys() == state_only_dict(module.model).keys()
+    assert all(torch.equal(state[k], v) for k, v in state_only_dict(module.model).items())
+    with pytest.raises(CheckpointError, match="exists; pass --overwrite"):
+        export(str(ckpt), str(tmp_path / "state.pth"), only="state")
     doubled = load_pth(export(str(ckpt), str(tmp_path / "doubled.pth"), lora_alpha=16))  # alpha given: 2x the delta
     key = "blocks.1.att.key.weight"
     base = module.model.blocks[1].att.key.base_layer.weight

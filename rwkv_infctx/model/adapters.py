@@ -210,6 +210,38 @@ def state_only_dict(model: nn.Module) -> dict[str, Tensor]:
     return to_blinkdl({STATE: getattr(model, STATE).detach().cpu().float().clone()})
 
 
+def adapter_dict_from_checkpoint(sd: dict[str, Tensor], hparams: dict, source: str) -> dict:
+    """What ``adapter_state_dict`` writes at the end of fit, from a training checkpoint's state dict
+    and hyperparameters (which record what trained): LoRA A/B, the state, the train_also tensors."""
+    from ..checkpoint import to_blinkdl
+
+    lora = LoraConfig.coerce(hparams.get("lora"))
+    if lora is not None and lora.init == "pissa":
+        raise CheckpointError(f"{source}: a PiSSA run changes the base weights too; export it merged")
+    also = [w for w in hparams.get("train_also") or [] if w != "state"]
+    train_state = hparams.get("train_state") or "state" in (hparams.get("train_also") or [])
+    patterns = expand_patterns(also)
+    out = {blinkdl_name(k).replace(f".{ADAPTER}.", "."): v.clone() for k, v in sd.items()
+           if ".lora_A." in k or ".lora_B." in k or (patterns and matches(k, patterns))
+           or (train_state and k == STATE)}
+    if not out:
+        raise CheckpointError(f"{source}: nothing was finetuned apart from the base (no LoRA, state or "
+                              "train_also tensors): export it as a whole .pth")
+    out = to_blinkdl(out)
+    if lora is not None:
+        out[LORA_META] = asdict(lora)
+    return out
+
+
+def state_dict_from_checkpoint(sd: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """A training checkpoint's learned starting state as BlinkDL's per-layer att.time_state."""
+    from ..checkpoint import to_blinkdl
+
+    if sd.get(STATE) is None:
+        raise CheckpointError(f"{source}: holds no learned state (it was not trained with model.train_state)")
+    return to_blinkdl({STATE: sd[STATE].float().clone()})
+
+
 def read_adapter_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -12,7 +12,8 @@ import torch
 
 from ..checkpoint import DTYPES, config_from_state_dict, load_pth, save_pth, strip_wrapper_prefixes
 from ..errors import CheckpointError, one_line_errors
-from ..model.adapters import merged_state_dict
+from ..files import save_torch_atomic
+from ..model.adapters import adapter_dict_from_checkpoint, merged_state_dict, state_dict_from_checkpoint
 
 
 def read_deepspeed_folder(folder: Path) -> dict:
@@ -74,15 +75,31 @@ def lora_scaling(source: Path, sd: dict, lora_alpha: float | None) -> float | No
 
 
 def export(checkpoint: str, out: str, dtype: str | None = None, overwrite: bool = False,
-           lora_alpha: float | None = None) -> Path:
-    """The checkpoint's model as a BlinkDL .pth, LoRA adapters merged into the weights."""
+           lora_alpha: float | None = None, only: str | None = None) -> Path:
+    """The checkpoint's model as a BlinkDL .pth, LoRA adapters merged into the weights; with
+    ``only``, just what a finetune changed ("adapter", for model.load_adapter) or its learned
+    starting state ("state", an RWKV-Runner state file)."""
     source = Path(checkpoint)
     if not source.exists():
         raise CheckpointError(f"no such checkpoint {checkpoint!r}")
     sd = read_deepspeed_folder(source) if source.is_dir() else load_pth(source)
+    if only:
+        return export_part(source, sd, Path(out), only, overwrite)
     sd = merged_state_dict(sd, lora_scaling(source, sd, lora_alpha))
     config_from_state_dict(sd)  # refuse anything that is not a complete RWKV model
     return save_pth(sd, out, dtype=dtype, overwrite=overwrite)
+
+
+def export_part(source: Path, sd: dict, out: Path, only: str, overwrite: bool) -> Path:
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} exists; pass --overwrite to replace it")
+    if only == "state":
+        return save_torch_atomic(state_dict_from_checkpoint(sd, str(source)), out)
+    if source.is_dir():
+        raise CheckpointError(f"{source}: --only adapter needs a Lightning .ckpt (its hyperparameters record "
+                              "what was trained); a DeepSpeed folder does not have them")
+    hparams = torch.load(source, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    return save_torch_atomic(adapter_dict_from_checkpoint(sd, hparams, str(source)), out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     p.add_argument("--lora_alpha", type=float, default=None,
                    help="LoRA alpha, where the checkpoint does not record it (DeepSpeed folders)")
+    p.add_argument("--only", choices=["adapter", "state"], default=None,
+                   help="write only what the finetune changed (adapter: LoRA, state and train_also tensors, for "
+                        "model.load_adapter / dragon_test.py --adapter) or only the learned state (an RWKV-Runner "
+                        "state file); default: the whole model, LoRA merged")
     args = p.parse_args(argv)
     with one_line_errors():
-        path = export(args.checkpoint, args.out, args.dtype, args.overwrite, args.lora_alpha)
+        path = export(args.checkpoint, args.out, args.dtype, args.overwrite, args.lora_alpha, args.only)
     print(f"wrote {path}")
