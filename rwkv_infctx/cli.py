@@ -19,6 +19,7 @@ from .errors import ConfigError, one_line_errors
 from .files import atomic_write, first_unused
 from .training.module import RWKVModule
 from .training.safety import LIGHTNING_CKPT_NAMES
+from .training.strategy import check_strategy
 from .training.wandb_login import wandb_offline_without_account
 
 
@@ -72,16 +73,6 @@ def loggers_write_into_default_root_dir(trainer_config) -> None:
         init_args = getattr(logger, "init_args", None) if not isinstance(logger, (bool, type(None))) else None
         if init_args is not None and "save_dir" in init_args and not init_args.save_dir:
             init_args.save_dir = trainer_config.get("default_root_dir") or "."
-
-
-def check_strategy(trainer) -> None:
-    """What Lightning would only refuse with a stack trace, refused in one line."""
-    from lightning.pytorch.accelerators import CUDAAccelerator
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    if isinstance(trainer.strategy, DeepSpeedStrategy) and not isinstance(trainer.accelerator, CUDAAccelerator):
-        raise ConfigError("trainer.strategy: DeepSpeed runs on CUDA GPUs only (Lightning refuses it on "
-                          f"{type(trainer.accelerator).__name__}); on this machine use strategy auto or ddp")
 
 
 def run_cli(args: list[str] | None = None) -> RWKVTrainerCLI:

@@ -78,7 +78,7 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
 def _pad_worker(rank: int, port: int, results):
     import torch.distributed as dist
 
-    from rwkv_infctx.training.module import pad_to_longest_across_ranks
+    from rwkv_infctx.training.strategy import pad_to_longest_across_ranks
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     T = 32 * (rank + 1)

@@ -99,7 +99,8 @@ def test_offload_without_the_cpu_adam_op_is_a_one_line_config_error(monkeypatch)
     import deepspeed.ops.adam
 
     from rwkv_infctx.errors import ConfigError
-    from rwkv_infctx.training.optim import make_adam, offloads_optimizer
+    from rwkv_infctx.training.optim import make_adam
+    from rwkv_infctx.training.strategy import offloads_optimizer
 
     class Unbuildable:
         def __init__(self, *args, **kwargs):

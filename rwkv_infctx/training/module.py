@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -25,9 +24,10 @@ from ..model import RWKV
 from ..model.adapters import LoraConfig, check_exports, describe_training, prepare_finetuning, save_exports
 from ..ops import CTX_LEN_MULTIPLE, resolve_backend
 from .bptt import chunked_sample_loss
-from .optim import lr_at, make_adam, offloads_optimizer, param_groups
+from .optim import lr_at, make_adam, param_groups
 from .plot import LossCurve
 from .safety import StopOnSignal, adam_eps_for, check_resumable, safety_callbacks
+from .strategy import gathered_parameters, offloads_optimizer, pad_to_longest_across_ranks, zero_stage_3
 
 
 class RWKVModule(L.LightningModule):
@@ -319,27 +319,3 @@ def loss_for_backward(loss: torch.Tensor, n_tokens: torch.Tensor, global_tokens:
     gradient clipping and fp16 loss scaling see gradients of their true size.
     """
     return loss * n_tokens * world_size / global_tokens.clamp(min=1) * extra_division
-
-
-def zero_stage_3(strategy) -> bool:
-    config = getattr(strategy, "config", None)
-    return isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3
-
-
-def pad_to_longest_across_ranks(batch: dict) -> dict:
-    """ZeRO-3 gathers every layer's parameters collectively in each chunk's forward, so all ranks
-    must run the same number of chunks: pad (untrained positions) to the longest batch of any rank."""
-    length = torch.tensor(batch["input_ids"].shape[1], device=batch["input_ids"].device)
-    torch.distributed.all_reduce(length, op=torch.distributed.ReduceOp.MAX)
-    extra = int(length) - batch["input_ids"].shape[1]
-    return {k: torch.nn.functional.pad(v, (0, extra)) for k, v in batch.items()} if extra else batch
-
-
-def gathered_parameters(strategy, model: torch.nn.Module):
-    """Under DeepSpeed ZeRO-3 each rank holds a shard of every parameter: gather them whole
-    (on every rank, as the gather is collective) for the export; elsewhere, nothing to do."""
-    if zero_stage_3(strategy):
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-    return contextlib.nullcontext()

@@ -69,15 +69,6 @@ def lr_at(step: int, total_steps: int, lr_init: float, lr_final: float, warmup_s
     return lr
 
 
-def offloads_optimizer(strategy) -> bool:
-    """True for DeepSpeed with ZeRO-Offload of the optimizer (deepspeed_stage_*_offload)."""
-    config = getattr(strategy, "config", None)
-    if not isinstance(config, dict):
-        return False
-    offload = config.get("zero_optimization", {}).get("offload_optimizer")
-    return bool(offload) and (not isinstance(offload, dict) or offload.get("device", "cpu") != "none")
-
-
 def make_adam(groups: list[dict], lr: float, betas: tuple[float, float], eps: float,
               cpu_offload: bool = False) -> torch.optim.Optimizer:
     """AdamW, or DeepSpeed's CPU Adam when ZeRO-Offload keeps the optimizer on the CPU
