@@ -67,6 +67,24 @@ def _compile(out: Path, head_size: int) -> subprocess.CompletedProcess:
     return subprocess.run(command, check=False, capture_output=True, text=True)
 
 
+@pytest.fixture(autouse=True)
+def unwritten_memory_is_nan(monkeypatch):
+    """Every buffer the kernel wrapper allocates (torch.empty_like, Tensor.new_empty) starts as NaN,
+    as flash-linear-attention's tests do: a kernel that leaves an element unwritten, or reads one
+    before writing it, then fails the comparison instead of passing on leftover zeros."""
+    empty_like, new_empty = torch.empty_like, torch.Tensor.new_empty
+
+    def nan_filled(t):
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: nan_filled(empty_like(*a, **k)))
+    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: nan_filled(new_empty(self, *a, **k)))
+
+
+def test_allocated_buffers_start_as_nan():
+    assert torch.empty_like(torch.zeros(3)).isnan().all() and torch.zeros(2).new_empty(4).isnan().all()
+
+
 @pytest.fixture(scope="session")
 def emulated(tmp_path_factory) -> dict[int, EmulatedKernels]:
     """The kernels built for the CPU once per session, one library per head size."""
