@@ -4,11 +4,22 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
 from rwkv_infctx.config import ModelConfig
 from rwkv_infctx.model import RWKV
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository checkout
+# The command-line arguments of a tiny CPU run of config-example.yaml (1 layer, 32 wide, 2 chunks a sample)
+TINY_CLI = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
+            "--data.sample_len", "64", "--trainer.accelerator", "cpu"]
+
+
+def run_script(*args, timeout=600) -> subprocess.CompletedProcess:
+    """``python <args>`` from the repository root, as a user runs the top-level scripts."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def tiny_config(**overrides) -> ModelConfig:

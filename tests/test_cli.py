@@ -2,9 +2,6 @@
 
 import glob
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,13 +10,9 @@ import yaml
 from rwkv_infctx.checkpoint import config_from_state_dict
 from rwkv_infctx.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
-        "--data.sample_len", "64", "--data.batch_size", "2", "--trainer.accelerator", "cpu"]
+from .helpers import ROOT, TINY_CLI, run_script
 
-
-def run_script(*args, timeout=600):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+TINY = [*TINY_CLI, "--data.batch_size", "2"]
 
 
 @pytest.mark.slow

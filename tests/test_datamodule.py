@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +15,8 @@ from rwkv_infctx.data.packing import NextFit, WindowSpans, filter_lengths
 from rwkv_infctx.data.sources import resolve_files
 from rwkv_infctx.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 
 
 class CharTokenizer:

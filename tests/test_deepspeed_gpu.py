@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 TINY = ["--model.n_layer", "2", "--model.n_embd", "128", "--model.head_size", "64", "--model.ctx_len", "64",
         "--model.lr_init", "3e-3", "--model.warmup_steps", "0", "--data.sample_len", "256", "--data.batch_size", "2",
         "--trainer.accelerator", "gpu", "--trainer.devices", "1", "--trainer.precision", "bf16-mixed",

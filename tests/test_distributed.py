@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
-        "--model.lr_init", "1e-2", "--model.warmup_steps", "0", "--data.sample_len", "64", "--data.test_split", "5",
-        "--trainer.accelerator", "cpu", "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1",
-        "--trainer.val_check_interval", "2", "--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
+from .helpers import ROOT, TINY_CLI
+
+TINY = [*TINY_CLI, "--model.lr_init", "1e-2", "--model.warmup_steps", "0", "--data.test_split", "5",
+        "--trainer.max_steps", "4", "--trainer.log_every_n_steps", "1", "--trainer.val_check_interval", "2",
+        "--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
 
 
 def fit_rows(out: Path) -> list[dict]:

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +16,8 @@ from rwkv_infctx.errors import DataError
 from rwkv_infctx.eval.lambada import PREFIX_TOKEN, evaluate_lambada, read_lambada
 from rwkv_infctx.scripts.evaluate import main as evaluate_main
 
-from .helpers import random_model, run_rwkv_package, tiny_config
+from .helpers import ROOT, random_model, run_rwkv_package, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
 
 CONTEXTS = ["The old man looked at the sea and said", "She opened the door and saw her", "In the morning we went to the",
             "He could not believe what the letter said about", "After the long winter the river was", "They met again in",

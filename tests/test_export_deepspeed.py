@@ -6,7 +6,6 @@ checkpoint in its own sharded layout; the export must rebuild exactly the traine
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,9 @@ import torch
 from rwkv_infctx.checkpoint import IGNORED_KEYS
 from rwkv_infctx.scripts.export_checkpoint import export
 
+from .helpers import ROOT
+
 pytest.importorskip("deepspeed")
-ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = """
 import os, sys, torch, torch.distributed as dist

@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
@@ -10,7 +9,8 @@ from rwkv_infctx.scripts.init_model import main
 
 from .test_model_v7 import blinkdl_x070_table
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 
 
 def test_init_model_writes_the_x070_table(tmp_path, capsys):

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -19,10 +18,9 @@ from rwkv_infctx.scripts.export_checkpoint import export
 from rwkv_infctx.scripts.init_model import main as init_model_main
 from rwkv_infctx.training.module import RWKVModule
 
-from .helpers import random_model, tiny_config
+from .helpers import ROOT, random_model, tiny_config
 from .test_model_v7 import blinkdl_x070_table
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_from_key_table(table: dict) -> nn.Module:

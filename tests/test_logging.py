@@ -19,11 +19,11 @@ from rwkv_infctx.training.plot import main as plot_main
 from rwkv_infctx.training.plot import smooth
 from rwkv_infctx.training.wandb_login import has_wandb_credentials, wandb_offline_without_account
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--model.n_layer", "1", "--model.n_embd", "32", "--model.head_size", "16", "--model.ctx_len", "32",
-        "--data.sample_len", "64", "--data.batch_size", "2", "--trainer.accelerator", "cpu", "--trainer.max_steps", "4",
-        "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
-        "--trainer.callbacks", "null", "--trainer.enable_checkpointing", "false"]
+from .helpers import ROOT, TINY_CLI
+
+TINY = [*TINY_CLI, "--data.batch_size", "2", "--trainer.max_steps", "4", "--trainer.val_check_interval", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1", "--trainer.callbacks", "null",
+        "--trainer.enable_checkpointing", "false"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

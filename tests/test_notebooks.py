@@ -11,7 +11,8 @@ import pytest
 
 from rwkv_infctx.checkpoint import config_from_state_dict, detect_version, load_pth
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 NOTEBOOK_DIR = ROOT / "notebook"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 # what the tests, README and every notebook rely on

@@ -5,9 +5,9 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 
 
 def test_wheel_ships_kernel_sources_and_data(tmp_path):

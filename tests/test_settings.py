@@ -3,7 +3,6 @@ is annotated in config-example.yaml, and the version list has one source."""
 
 import inspect
 from dataclasses import MISSING, fields
-from pathlib import Path
 
 import pytest
 import yaml
@@ -14,7 +13,8 @@ from rwkv_infctx.data.formats import FormatConfig
 from rwkv_infctx.model import VERSIONS
 from rwkv_infctx.training.module import RWKVModule
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 
 
 def parameters(cls) -> dict:

@@ -13,7 +13,8 @@ import pytest
 from rwkv_infctx.data.tokenizer import HFTokenizerFile, WorldTokenizer, load_tokenizer
 from rwkv_infctx.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 CORPUS = ROOT / "rwkv_infctx" / "data" / "corpus" / "english_prose.jsonl"
 NEOX_SHA256 = "56ac4821e129d2c520fdaba60abd920fa852ada51b45c0dd52bbb6bd8c985ade"
 

@@ -2,7 +2,6 @@
 
 import csv
 import math
-from pathlib import Path
 
 import lightning as L
 import pytest
@@ -14,7 +13,8 @@ from rwkv_infctx.errors import ConfigError
 from rwkv_infctx.training.module import RWKVModule
 from rwkv_infctx.training.optim import lr_at, param_groups
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT
+
 
 
 @pytest.mark.slow

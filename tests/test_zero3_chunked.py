@@ -9,7 +9,6 @@ state, the non-reentrant checkpoint and those gathers give the one-process gradi
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +17,9 @@ from rwkv_infctx.config import ModelConfig
 from rwkv_infctx.model import RWKV
 from rwkv_infctx.training.bptt import chunked_sample_loss
 
+from .helpers import ROOT
+
 pytest.importorskip("deepspeed")
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = dict(n_layer=2, n_embd=32, head_size=16, vocab_size=50)
 CTX_LEN, T = 16, 64
 
