@@ -84,3 +84,29 @@ def test_streaming_refuses_what_needs_the_whole_corpus(tmp_path, settings, messa
     with pytest.raises(ConfigError, match=message) as error:
         RWKVDataModule(**{**args, **settings})
     assert "\n" not in str(error.value)
+
+
+def test_streaming_needs_max_steps(tmp_path):
+    with pytest.raises(ConfigError, match="set trainer.max_steps"):
+        tiny_fit(tmp_path, write_jsonl(tmp_path / "docs.jsonl"), max_steps=-1, max_epochs=1,
+                 data_args=dict(streaming=True))
+
+
+def test_global_batches_are_the_same_on_any_device_count_and_worker_count(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from rwkv_infctx.data.datamodule import collate_samples
+    from rwkv_infctx.data.streaming import StreamedSamples
+
+    spec = DataSpec(source=write_jsonl(tmp_path / "docs.jsonl"), sample_len=16)
+    everything = [ids.tolist() for ids, _ in stream_samples(spec)]
+    one = [ids.tolist() for ids, _ in StreamedSamples(spec, held_out=3, batch_size=4)]
+    assert one == everything[3:]
+    two = [[ids.tolist() for ids, _ in StreamedSamples(spec, 3, batch_size=2, world_size=2, rank=r)] for r in (0, 1)]
+    whole_batches = (len(everything) - 3) // 4
+    merged = [sample for b in range(whole_batches) for rank in two for sample in rank[2 * b:2 * b + 2]]
+    assert len(two[0]) == len(two[1]) == 2 * whole_batches and merged == everything[3:3 + 4 * whole_batches]
+    batches = [DataLoader(StreamedSamples(spec, 3, batch_size=4), batch_size=4, collate_fn=collate_samples,
+                          num_workers=workers) for workers in (0, 2)]
+    for plain, by_workers in zip(*batches, strict=True):
+        assert plain["input_ids"].equal(by_workers["input_ids"])

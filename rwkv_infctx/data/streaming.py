@@ -44,7 +44,10 @@ def stream_documents(spec: DataSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(token ids, loss mask) of each document kept by the length filters, in the source's order."""
     tokenizer = load_tokenizer(spec.tokenizer)
     records = load_records(spec.source, spec.source_name, spec.split, spec.data_files, streaming=True)
-    for row, record in enumerate(records):
+    # .iter(), not iteration: inside a DataLoader worker, datasets would hand each worker only some
+    # shards, and each worker here needs the whole stream to keep the stream's batch order.
+    rows = (dict(zip(batch, values)) for batch in records.iter(batch_size=64) for values in zip(*batch.values()))
+    for row, record in enumerate(rows):
         try:
             ids, train = format_record(record, spec.fmt, tokenizer)
         except DataError as exc:
