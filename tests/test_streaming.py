@@ -11,7 +11,7 @@ from rwkv_infctx.data.datamodule import RWKVDataModule
 from rwkv_infctx.data.formats import FormatConfig
 from rwkv_infctx.data.pipeline import DataSpec, build_samples
 from rwkv_infctx.data.streaming import stream_samples
-from rwkv_infctx.errors import ConfigError
+from rwkv_infctx.errors import ConfigError, DataError
 
 WORDS = "the river ran past a mill where seven old stones turned slowly under grey autumn skies".split()
 
@@ -110,3 +110,10 @@ def test_global_batches_are_the_same_on_any_device_count_and_worker_count(tmp_pa
                           num_workers=workers) for workers in (0, 2)]
     for plain, by_workers in zip(*batches, strict=True):
         assert plain["input_ids"].equal(by_workers["input_ids"])
+
+
+def test_a_bad_line_in_a_stream_is_named(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl: line 2 is not valid JSON"):
+        list(stream_samples(DataSpec(source=str(bad))))

@@ -19,7 +19,8 @@ from ..errors import ConfigError, DataError
 from .formats import format_record
 from .packing import filter_lengths
 from .pipeline import DataSpec
-from .sources import binidx_prefix, load_records
+from .sources import (LOCAL_BUILDERS, binidx_prefix, data_suffix, explain_load_failure, is_local, load_records,
+                      resolve_files)
 from .store import Sample
 from .tokenizer import load_tokenizer
 
@@ -43,11 +44,7 @@ def check_streaming_settings(values: dict) -> None:
 def stream_documents(spec: DataSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(token ids, loss mask) of each document kept by the length filters, in the source's order."""
     tokenizer = load_tokenizer(spec.tokenizer)
-    records = load_records(spec.source, spec.source_name, spec.split, spec.data_files, streaming=True)
-    # .iter(), not iteration: inside a DataLoader worker, datasets would hand each worker only some
-    # shards, and each worker here needs the whole stream to keep the stream's batch order.
-    rows = (dict(zip(batch, values)) for batch in records.iter(batch_size=64) for values in zip(*batch.values()))
-    for row, record in enumerate(rows):
+    for row, record in enumerate(_records(spec)):
         try:
             ids, train = format_record(record, spec.fmt, tokenizer)
         except DataError as exc:
@@ -59,6 +56,20 @@ def stream_documents(spec: DataSpec) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         ids, train = np.asarray(ids, dtype=np.int32)[keep], np.asarray(train, dtype=np.int8)[keep]
         cuts = np.cumsum(lengths)[:-1]  # split_long's pieces
         yield from zip(np.split(ids, cuts), np.split(train, cuts))
+
+
+def _records(spec: DataSpec) -> Iterator[dict]:
+    records = load_records(spec.source, spec.source_name, spec.split, spec.data_files, streaming=True)
+    try:
+        # .iter(), not iteration: inside a DataLoader worker, datasets would hand each worker only some
+        # shards, and each worker here needs the whole stream to keep the stream's batch order.
+        for batch in records.iter(batch_size=64):
+            yield from (dict(zip(batch, values)) for values in zip(*batch.values()))
+    except Exception as exc:  # a stream fails while read, not when opened: say which file and line
+        if not is_local(spec.source):
+            raise
+        files = resolve_files(spec.source)
+        raise explain_load_failure(files, LOCAL_BUILDERS[data_suffix(files[0])], exc) from None
 
 
 def stream_samples(spec: DataSpec) -> Iterator[Sample]:
