@@ -4,7 +4,8 @@ Records come from ``datasets`` in streaming mode, are formatted and tokenised on
 (``format_record``, as the cache does) and cut into the very samples the cache would hold, in
 the source's order: windows of ``sample_len + 1`` tokens of the concatenated documents
 (consecutive windows share one token, as ``WindowSpans``), or one sample per document. No
-shuffling: the stream's order is the only one that can be resumed without reading it all.
+shuffling: in the stream's order, a resume is a count of samples to skip, exact on any number of
+devices (a shuffle buffer would have to be replayed as well).
 """
 
 from __future__ import annotations
