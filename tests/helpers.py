@@ -150,7 +150,7 @@ def rwkv_package_logits(path, tokens: list[int], version: str, time_state_v7: bo
 
 
 def tiny_fit(root, source: str, max_steps: int, callbacks=(), ckpt_path=None, checkpoint_every: int = 0,
-             module_args: dict | None = None, **trainer_args):
+             module_args: dict | None = None, data_args: dict | None = None, **trainer_args):
     """A CPU fit of a 1-layer, 32-wide RWKV-7 on 64-token samples (chunks of 32), logging every step
     to <root>/log/version_N/metrics.csv; with ``checkpoint_every``, a ModelCheckpoint into <root>/ckpt
     (every step checkpoint kept, and last.ckpt). Returns the trainer."""
@@ -162,7 +162,7 @@ def tiny_fit(root, source: str, max_steps: int, callbacks=(), ckpt_path=None, ch
     L.seed_everything(0)
     module = RWKVModule(**{**dict(n_layer=1, n_embd=32, head_size=16, ctx_len=32, lr_init=1e-2, lr_final=1e-3,
                                   warmup_steps=2, export_pth=False, plot_loss=False), **(module_args or {})})
-    data = RWKVDataModule(source=source, batch_size=2, sample_len=64, test_split=0, seed=5)
+    data = RWKVDataModule(**{**dict(source=source, batch_size=2, sample_len=64, test_split=0, seed=5), **(data_args or {})})
     callbacks = list(callbacks)
     if checkpoint_every:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=f"{root}/ckpt", every_n_train_steps=checkpoint_every,

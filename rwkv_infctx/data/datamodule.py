@@ -21,6 +21,7 @@ from .pipeline import DataSpec, load_or_build
 from .sampler import GlobalBatchSampler, MagicPrimeSampler, ShardSampler
 from .sources import binidx_prefix
 from .store import Sample, SampleStore
+from .streaming import StreamLoader, StreamedSamples, check_streaming_settings, held_out_samples
 from .tokenizer import load_tokenizer
 
 DEFAULT_SOURCE = str(Path(__file__).parent / "corpus" / "english_prose.jsonl")
@@ -94,6 +95,7 @@ class RWKVDataModule(L.LightningDataModule):
         tokenizer: str = "world",
         data_path: str | None = None,
         overwrite_cache: bool = False,
+        streaming: bool = False,
         num_proc: int = 1,
         format: Format = "text",
         text_column: str = "text",
@@ -132,6 +134,11 @@ class RWKVDataModule(L.LightningDataModule):
                 every setting that changes them, and memory-mapped on the next run. Without it, the
                 cache is built in a temporary folder for this run.
             overwrite_cache: Rebuild the cache for these settings even if it exists.
+            streaming: Read the source as a stream (datasets' streaming mode) for data too large to
+                preload: records are formatted, tokenised and cut into samples as training goes, in
+                the source's order (no shuffling); the first test_split samples (a count) are held out
+                for validation, and a resumed run goes on after the samples its checkpoint consumed.
+                Not with magic_prime, sources, packing_len, sort_by_length or data_path.
             num_proc: Worker processes for tokenisation.
             format: text | prompt_completion | columns | conversation.
             text_column: The text field (format text).
@@ -178,6 +185,8 @@ class RWKVDataModule(L.LightningDataModule):
         if test_split < 0:
             raise DataError(f"data.test_split must be >= 0, got {test_split}")
         check_magic_prime_setting(magic_prime, sample_len, packing_len)
+        if streaming:
+            check_streaming_settings(self.hparams)
         if magic_prime is not None and sources is not None:
             raise ConfigError("data.magic_prime windows one token stream: give data.source, not data.sources")
         base = {k: v for k, v in self.hparams.items() if k in _PER_SOURCE_KEYS | {"tokenizer"}}
@@ -199,6 +208,8 @@ class RWKVDataModule(L.LightningDataModule):
     def preload(self, overwrite: bool | None = None) -> dict:
         """Build (or find) the cache; returns its metadata. Used by preload_datapath.py."""
         hp = self.hparams
+        if hp.streaming:
+            raise ConfigError("data.streaming trains from the source as it is read: there is no cache to preload")
         overwrite = hp.overwrite_cache if overwrite is None else overwrite
         metas = [{**meta, "built": built} for _, meta, built in
                  (load_or_build(spec, hp.data_path, hp.num_proc, overwrite) for spec in self.specs)]
@@ -218,6 +229,9 @@ class RWKVDataModule(L.LightningDataModule):
         # binidx data was tokenised elsewhere: only its ids are checked, not data.tokenizer
         tokenized_here = [spec for spec in self.specs if not binidx_prefix(spec.source)]
         self.tokenizer_vocab_size = load_tokenizer(hp.tokenizer).vocab_size if tokenized_here else None
+        if hp.streaming:
+            self._setup_stream()
+            return
         if hp.magic_prime is not None:  # BlinkDL's sampling: windows of the whole token stream
             store, meta, _ = load_or_build(self.spec, hp.data_path, hp.num_proc, overwrite=False)
             self._stores, self._max_ids, self._max_token_id = [store], [meta["max_token_id"]], None
@@ -244,6 +258,14 @@ class RWKVDataModule(L.LightningDataModule):
         self.train_set = TokenSamples(store, train_idx)
         self.val_set = TokenSamples(store, test_idx) if len(test_idx) else None
 
+    def _setup_stream(self) -> None:
+        """Validation: the first test_split samples of the stream; training: the samples after them."""
+        held_out = int(self.hparams.test_split)
+        self.val_set = TokenSamples(held_out_samples(self.spec, held_out)) if held_out else None
+        world_size, rank = self._world()
+        self.train_set = StreamedSamples(self.spec, held_out, self.hparams.batch_size, world_size, rank)
+        rank_zero_info(f"data: streaming {self.spec.source}, {held_out} samples held out for validation")
+
     @property
     def max_token_id(self) -> int | None:
         """The largest token id of the data (checked against model.vocab_size). A binidx source read in
@@ -262,6 +284,8 @@ class RWKVDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.streaming:
+            return self._stream_loader()
         world_size, rank = self._world()
         sampler_class = MagicPrimeSampler if self.hparams.magic_prime is not None else GlobalBatchSampler
         sampler = sampler_class(self.train_set, self.hparams.batch_size, world_size, rank,
@@ -270,6 +294,14 @@ class RWKVDataModule(L.LightningDataModule):
             sampler.resume(self._resume["epoch"], self._batches_to_skip(sampler.global_batch))
             self._resume = None
         return self._loader(self.train_set, sampler)
+
+    def _stream_loader(self) -> DataLoader:
+        if self._resume and self._resume["epoch"] == self.trainer.current_epoch:
+            # samples, not batches: the global batch may differ from the checkpoint's
+            self.train_set.skip_samples = self._resume["batches_done"] * self._resume["global_batch"]
+        self._resume = None
+        return StreamLoader(self.train_set, batch_size=self.hparams.batch_size, collate_fn=collate_samples,
+                            num_workers=self.hparams.num_workers)
 
     # -- mid-epoch resume: Lightning saves this with every checkpoint ----------------------------
     def state_dict(self) -> dict:

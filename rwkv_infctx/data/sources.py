@@ -101,8 +101,9 @@ def explain_load_failure(files: list[Path], builder: str, exc: Exception) -> Dat
 
 
 def load_records(source: str, name: str | None = None, split: str = "train",
-                 data_files: str | list[str] | dict | None = None):
-    """A ``datasets.Dataset`` of records. Plain-text files give one record {"text": ...} per file."""
+                 data_files: str | list[str] | dict | None = None, streaming: bool = False):
+    """A ``datasets.Dataset`` of records (an ``IterableDataset`` read as it goes, with ``streaming``).
+    Plain-text files give one record {"text": ...} per file."""
     import datasets
 
     if is_local(source):
@@ -116,11 +117,12 @@ def load_records(source: str, name: str | None = None, split: str = "train",
                 check_csv(path)
         kwargs = {"sample_by": "document"} if builder == "text" else {}
         try:
-            return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", **kwargs)
+            return datasets.load_dataset(builder, data_files=[str(p) for p in files], split="train", streaming=streaming,
+                                         **kwargs)
         except Exception as exc:  # datasets wraps parse errors in its own types; say which file and line
             raise explain_load_failure(files, builder, exc) from None
     try:
-        return datasets.load_dataset(source, name, split=split, data_files=data_files)
+        return datasets.load_dataset(source, name, split=split, data_files=data_files, streaming=streaming)
     except FileNotFoundError as exc:
         raise DataError(f"data.source {source!r}: not a local path and not found on the hub ({exc})") from None
     except ConnectionError as exc:

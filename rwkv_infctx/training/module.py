@@ -281,7 +281,11 @@ class RWKVModule(L.LightningModule):
         eps = adam_eps_for(str(self.trainer.precision), hp.adam_eps)
         optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), eps,
                               cpu_offload=offloads_optimizer(self.trainer.strategy))
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf") or steps < 0:  # a loader without length and no max_steps: the schedule needs an end
+            raise ConfigError("the number of training steps is unknown (data.streaming has no length): "
+                              "set trainer.max_steps")
+        total = max(int(steps), 1)
 
         def factor(step: int) -> float:
             return lr_at(step, total, hp.lr_init, hp.lr_final, hp.warmup_steps, hp.lr_schedule) / hp.lr_init
