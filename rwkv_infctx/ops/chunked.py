@@ -17,6 +17,14 @@ WKV-6 is the special case without the delta term, plus the bonus u of the curren
     o_t     = S_{t-1}^T r_t + <r_t, u * k_t> v_t
 Its decays are unbounded (x070 clamps them to >= exp(-0.61) per token), so there each log ratio is
 summed over the tokens it spans instead of taken as a difference of running sums; see _wkv6_block.
+
+WKV-7 runs all blocks at once where it can (``_wkv7_all_blocks``): the pair ratios G_t / G_s
+factor as (G_t) * (1 / G_s), so each block's pair terms are plain L x L matrix products instead of
+(L, L, N) elementwise tensors, and the state recursion reduces to S_{j+1} = M_j S_j + C_j per
+block (the "WY" form of flash-linear-attention's chunk kernels): one small product per block is
+all that runs in sequence. 1 / G_s grows as the decay strengthens, so this form is used only while
+every block's total log-decay stays within ``FACTORED_LOG_DECAY_LIMIT`` (always, for the model's
+clamped decays: at most 0.61 per token); stronger decays take the per-block pairwise path.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ from torch import Tensor
 from .reference import float32_arithmetic, zero_state
 
 DEFAULT_BLOCK_LEN = 16
+# exp(30) ~ 1e13 keeps every factored product far from float32's range (3e38) and the decays'
+# relative rounding (|log G| times 6e-8) at the level of the pairwise path's.
+FACTORED_LOG_DECAY_LIMIT = 30.0
 
 
 def _pair_decay(query_log: Tensor, key_log: Tensor, mask: Tensor) -> Tensor:
@@ -85,6 +96,62 @@ def _scan_blocks(block_fn, seqs, initial_state, block_len, *constants):
     return out.transpose(1, 2).to(out_dtype), state
 
 
+def _in_blocks(seqs, block_len: int) -> list[Tensor]:
+    """(B, T, H, N) tensors as float32 (B, H, T / L, L, N), T zero-padded to a multiple of L.
+
+    Zero padding is inert at the end of a sequence: decay exp(0) = 1 and nothing written or read."""
+    B, T, H, N = seqs[0].shape
+    pad = -T % block_len
+    blocks = []
+    for x in seqs:
+        x = x.float().transpose(1, 2)
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad))
+        blocks.append(x.reshape(B, H, (T + pad) // block_len, block_len, N))
+    return blocks
+
+
+def _factorable(w: Tensor, block_len: int) -> bool:
+    """Whether every block's total log-decay is within FACTORED_LOG_DECAY_LIMIT (see the module doc)."""
+    if w.device.type == "meta":
+        return True
+    block_sums = _in_blocks([w.detach()], block_len)[0].sum(3)
+    return block_sums.numel() == 0 or -block_sums.min().item() <= FACTORED_LOG_DECAY_LIMIT
+
+
+def _wkv7_all_blocks(r, w, k, v, a, b, state):
+    """Every block at once; inputs (B, H, J, L, N) float32 (J blocks of L), state (B, H, K, V).
+
+    Per block, with G_t = exp(log_g_t) and inv_s = 1 / G_s, the delta rows are
+    u = P S_0 + u_c with (I - A_ab) [P | u_c] = [a G_{t-1} | A_ak v], A_xy = strict-lower x G y inv;
+    then out = O_s S_0 + O_c and S_L = M S_0 + C, all computed for every block in parallel."""
+    L, N = r.shape[-2], r.shape[-1]
+    log_g = w.cumsum(3)
+    log_g_last = log_g[..., -1:, :]
+    a_scaled = a * (log_g - w).exp()  # a_t G_{t-1}
+    r_scaled = r * log_g.exp()  # r_t G_t
+    inv = (-log_g).exp()
+    keys_t = torch.cat([b * inv, k * inv], 3).transpose(-1, -2)  # (.., K, 2L): [b / G | k / G]
+    a_pairs, r_pairs = a_scaled @ keys_t, r_scaled @ keys_t  # (.., L, 2L)
+    a_b, a_k = torch.tril(a_pairs[..., :L], -1), torch.tril(a_pairs[..., L:], -1)  # s < t
+    r_b, r_k = torch.tril(r_pairs[..., :L]), torch.tril(r_pairs[..., L:])  # s <= t
+    eye = torch.eye(L, dtype=r.dtype, device=r.device)
+    solved = torch.linalg.solve_triangular(eye - a_b, torch.cat([a_scaled, a_k @ v], -1),
+                                           upper=False, unitriangular=True)
+    p, u_c = solved[..., :N], solved[..., N:]
+    out_s, out_c = r_scaled + r_b @ p, r_b @ u_c + r_k @ v
+    to_end = (log_g_last - log_g).exp()  # G_L / G_s <= 1
+    b_end = (b * to_end).transpose(-1, -2)
+    carry = b_end @ p + torch.diag_embed(log_g_last.squeeze(-2).exp())  # (.., K, K)
+    written = b_end @ u_c + (k * to_end).transpose(-1, -2) @ v  # (.., K, V)
+    starts = []
+    for j in range(r.shape[2]):  # the only sequential part: one (K, K) x (K, V) product per block
+        starts.append(state)
+        state = carry[:, :, j] @ state + written[:, :, j]
+    out = out_s @ torch.stack(starts, 2) + out_c if starts else out_c
+    return out, state
+
+
 @float32_arithmetic
 def wkv7_chunked(
     r: Tensor,
@@ -97,7 +164,12 @@ def wkv7_chunked(
     block_len: int = DEFAULT_BLOCK_LEN,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as ``wkv7_reference``; any T (the last block may be shorter)."""
-    return _scan_blocks(_wkv7_block, (r, w, k, v, a, b), initial_state, block_len)
+    if not _factorable(w, block_len):
+        return _scan_blocks(_wkv7_block, (r, w, k, v, a, b), initial_state, block_len)
+    B, T, H, N = r.shape
+    state = zero_state(r) if initial_state is None else initial_state.float()
+    out, state = _wkv7_all_blocks(*_in_blocks((r, w, k, v, a, b), block_len), state)
+    return out.flatten(2, 3)[:, :, :T].transpose(1, 2).to(r.dtype), state
 
 
 def _sum_before(x: Tensor, dim: int) -> Tensor:
