@@ -27,7 +27,7 @@ from .bptt import chunked_sample_loss
 from .optim import lr_at, make_adam, param_groups
 from .plot import LossCurve
 from .safety import StopOnSignal, adam_eps_for, check_resumable, safety_callbacks
-from .strategy import gathered_parameters, offloads_optimizer, pad_to_longest_across_ranks, zero_stage_3
+from .strategy import can_fuse_adam, gathered_parameters, offloads_optimizer, pad_to_longest_across_ranks, zero_stage_3
 
 
 class RWKVModule(L.LightningModule):
@@ -279,8 +279,9 @@ class RWKVModule(L.LightningModule):
         for g in groups:
             g["lr"] = hp.lr_init * g["lr_scale"]
         eps = adam_eps_for(str(self.trainer.precision), hp.adam_eps)
-        optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), eps,
-                              cpu_offload=offloads_optimizer(self.trainer.strategy))
+        strategy = self.trainer.strategy
+        optimizer = make_adam(groups, hp.lr_init, (hp.beta1, hp.beta2), eps, cpu_offload=offloads_optimizer(strategy),
+                              fused=can_fuse_adam(self.trainer, (p for g in groups for p in g["params"])))
         steps = self.trainer.estimated_stepping_batches
         if steps == float("inf") or steps < 0:  # a loader without length and no max_steps: the schedule needs an end
             raise ConfigError("the number of training steps is unknown (data.streaming has no length): "

@@ -29,6 +29,20 @@ def offloads_optimizer(strategy) -> bool:
     return bool(offload) and (not isinstance(offload, dict) or offload.get("device", "cpu") != "none")
 
 
+def can_fuse_adam(trainer, params) -> bool:
+    """Whether torch's fused AdamW (one kernel over all tensors, on CPU as on CUDA) may run: not
+    under DeepSpeed, whose ZeRO optimizers drive the step themselves; not with Lightning's AMP
+    plugin, which refuses gradient clipping for an optimizer that would unscale gradients itself;
+    and every parameter on a device torch fuses for."""
+    from lightning.pytorch.plugins import MixedPrecision
+
+    if isinstance(getattr(trainer.strategy, "config", None), dict):  # DeepSpeedStrategy
+        return False
+    if isinstance(trainer.precision_plugin, MixedPrecision):
+        return False
+    return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
 def zero_stage_3(strategy) -> bool:
     config = getattr(strategy, "config", None)
     return isinstance(config, dict) and config.get("zero_optimization", {}).get("stage") == 3
