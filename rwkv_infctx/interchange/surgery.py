@@ -8,20 +8,24 @@ every old token's embedding and head row, hence the old tokens' logits, bit-iden
 ``emb``/``head`` rows are the mean of the old rows (a new token starts as an average token rather
 than as noise that could dominate the softmax).
 
-Widening (n_embd C -> C'; head size and LoRA ranks kept, so heads are added) cannot be exact:
-every LayerNorm then averages over C' channels. What is kept instead is each LayerNorm's
-statistics: every new residual channel holds the mean of the old channels (new rows of every
-matrix that writes the residual are the mean of its old rows; ``emb`` and ``ln0`` are solved per
-token, see ``widen_embedding``), so a LayerNorm sees the old mean and the old variance times C/C',
-which its old weights scaled by sqrt(C/C') undo. Its output on the new channels is then 0, and
-nothing new reaches an old channel (the blocks from new inputs to old outputs are zero; the new
-heads' ``att.output`` columns are zero, as in the official init). New heads, FFN units and readers
-of the new channels take the official init, so training separates them. Approximate: LayerNorm's
-eps acts as eps * C'/C; ``ln0``'s per-token solution leaves an error of second order; and
-x052/x060's channel-mix gates each channel (sigmoid(receptance) * value), so a new channel given
-the mean of the old receptance and value rows only approximates the old channels' mean.
-Measured on random 2-layer models widened 64 -> 96 (tests/test_interchange.py): x070 logits
-within 8e-5 relative RMS, x052/x060 within 3% (copying the small model into a fresh init: 34-52%).
+Widening (n_embd C -> C'; head size and LoRA ranks kept, so heads are added) keeps what every
+LayerNorm sees. When C' is a multiple of C, new residual channel j copies old channel j mod C
+(``emb`` columns, LayerNorm weights and biases, the rows of every matrix that writes the
+residual): each LayerNorm sees the old mean and variance exactly, eps included, and the grown
+model gives the small model's logits up to rounding, for every version. Otherwise every new
+residual channel holds the mean of the old channels (new rows of the residual writers are the
+mean of the old rows; ``emb`` and ``ln0`` solved per token, see ``widen_embedding``), so a
+LayerNorm sees the old mean and the old variance times C/C', which its old weights scaled by
+sqrt(C/C') undo, and outputs 0 on the new channels. In both, nothing new reaches an old channel
+(the blocks from new inputs to old outputs are zero; the new heads' ``att.output`` columns are
+zero, as in the official init), and new heads, FFN units and readers of the new channels take the
+official init; copies separate in training, since only the old channels feed the old heads.
+Approximate in the mean scheme: LayerNorm's eps acts as eps * C'/C; ``ln0``'s per-token solution
+leaves an error of second order; and x052/x060's channel-mix gates each channel (sigmoid(receptance)
+* value), so a new channel given the mean of the old receptance and value rows only approximates
+the old channels' mean. Measured on random 2-layer models (tests/test_interchange.py), logits'
+relative RMS against the small model's: 64 -> 128, 9e-16 in fp64; 64 -> 96, x070 7.7e-5, x052/x060
+3% (copying the small model into a fresh init instead: 34-80%).
 """
 
 from __future__ import annotations
@@ -81,14 +85,15 @@ def grow_state_dict(sd: dict[str, Tensor], n_layer: int | None = None, vocab_siz
     stripped = sorted(k for k in sd if k not in grown and k not in IGNORED_KEYS and k != "initial_wkv")
     for key in GROWN_ROWS:  # new tokens start as the old rows' mean
         sd[key] = torch.cat([sd[key], sd[key].mean(0).expand(new_cfg.vocab_size - cfg.vocab_size, -1)])
-    if new_cfg.n_embd > cfg.n_embd:
+    copies = new_cfg.n_embd % cfg.n_embd == 0  # new channels copy old ones (exact) rather than hold their mean
+    if new_cfg.n_embd > cfg.n_embd and not copies:
         sd.update(widen_embedding(sd, new_cfg.n_embd))
     for key, tensor in sd.items():
         if key == "initial_wkv":  # a learned start state (L, H, N, N); new layers and heads start from zeros
             grown[key] = torch.zeros((new_cfg.n_layer, new_cfg.n_head, *tensor.shape[2:]))
             grown[key][: cfg.n_layer, : cfg.n_head] = tensor
         elif key in grown:
-            grown[key] = widen(key, tensor, grown[key], cfg.n_embd)
+            grown[key] = widen(key, tensor, grown[key], cfg.n_embd, copies)
     return grown, stripped
 
 
@@ -128,14 +133,17 @@ def _zero_sum_pattern(n: int) -> Tensor:
     return torch.tensor([1.0, -1.0]).repeat(n // 2)
 
 
-def widen(key: str, old: Tensor, init: Tensor, n_embd: int) -> Tensor:
+def widen(key: str, old: Tensor, init: Tensor, n_embd: int, copies: bool) -> Tensor:
     """``old`` placed in the leading block of ``init`` (the grown model's official init for this
-    key), the new parts set as the module docstring says."""
+    key), the new parts set as the module docstring says; ``copies``: new residual channel j is
+    old channel j mod C, else the old channels' mean."""
     out = init.clone()
     out[tuple(slice(0, n) for n in old.shape)] = old
     if out.shape == old.shape:
         return out
     norm = _LAYER_NORM.search(key)
+    if norm and copies:
+        return old[torch.arange(out.shape[0]) % n_embd]
     if norm:
         if norm.group(1) == "weight":
             out[:n_embd] = old * math.sqrt(n_embd / out.shape[0])
@@ -151,9 +159,12 @@ def widen(key: str, old: Tensor, init: Tensor, n_embd: int) -> Tensor:
             block = [slice(None)] * old.dim()
             block[axis], block[other] = slice(0, old.shape[axis]), slice(old.shape[other], None)
             out[tuple(block)] = 0
-    if key.endswith(_RESIDUAL_WRITERS):  # new residual channels: the old channels' mean
-        new = out.narrow(axis, n_embd, out.shape[axis] - n_embd)
-        new.copy_(out.narrow(axis, 0, n_embd).mean(axis, keepdim=True).expand_as(new))
+    if key.endswith(_RESIDUAL_WRITERS):  # new residual channels: copies of old ones, or their mean
+        new, source = out.narrow(axis, n_embd, out.shape[axis] - n_embd), out.narrow(axis, 0, n_embd)
+        if copies:
+            new.copy_(source.index_select(axis, torch.arange(new.shape[axis]) % n_embd))
+        else:
+            new.copy_(source.mean(axis, keepdim=True).expand_as(new))
     return out
 
 

@@ -1,11 +1,13 @@
 """Grow a .pth (more layers appended, a wider residual, more vocabulary tokens), convert its dtype,
 and drop keys no model uses (an HF-style extra, a stray training buffer). Prints what changed.
 
-Exact: appended layers and added tokens leave the (old tokens') logits bit-identical. Approximate:
-a wider n_embd (more heads of the same size, LoRA ranks kept) keeps every LayerNorm's statistics
-by filling each new residual channel with the old channels' mean, so x070 starts within ~1e-4
-relative RMS of the small model's logits (LayerNorm eps and ln0's per-token fit), x052/x060
-within a few percent (their per-channel FFN gate cannot carry a mean exactly)."""
+Exact: appended layers and added tokens leave the (old tokens') logits bit-identical, and a wider
+n_embd (more heads of the same size, LoRA ranks kept) that is a multiple of the old one gives the
+old logits up to rounding (each new residual channel copies an old one). Other widths are
+approximate: each new channel holds the old channels' mean, which keeps every LayerNorm's
+statistics, so x070 starts within ~1e-4 relative RMS of the small model's logits (LayerNorm eps,
+ln0's per-token fit), x052/x060 within a few percent (their per-channel FFN gate cannot carry a
+mean exactly)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n_layer", type=int, default=None, help="total layers; new ones are appended, "
                    "with the official init, and leave the logits unchanged at first")
     p.add_argument("--n_embd", type=int, default=None, help="residual width (a multiple of the head size); "
-                   "new heads, FFN units and channels start close to the small model, not exactly (see above); "
+                   "exact at a multiple of the old width, close otherwise (see above); "
                    "dim_ffn follows the version's default width ratio when the source has it")
     p.add_argument("--vocab_size", type=int, default=None, help="total tokens; new emb/head rows are the old rows' mean")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the source's")
