@@ -114,7 +114,7 @@ def widen_embedding(sd: dict[str, Tensor], n_embd: int) -> dict[str, Tensor]:
     pattern = _zero_sum_pattern(extra)
     spread = pattern.pow(2).sum()
     c = means.mean()
-    W = max(weight.pow(2).mean().sqrt().item(), 2 * (means - c).abs().max().item() * math.sqrt(spread / n_embd))
+    W = max(weight.pow(2).mean().sqrt().item(), 2 * (means - c).abs().max().item() * math.sqrt(spread / n_embd)) or 1.0
     y = (means - c) / W
     t = y * torch.sqrt(C / (n_embd - y.pow(2) * spread))
     row_mean, row_std = emb.mean(1, keepdim=True), emb.var(1, unbiased=False, keepdim=True).sqrt()
