@@ -198,7 +198,8 @@ class RWKVModule(L.LightningModule):
             raise ConfigError("model.val_lambada needs the data module's tokenizer (data.tokenizer)")
         examples = read_lambada(path, load_tokenizer(tokenizer_name))
         if max(max(c + t) for c, t in examples) >= self.model.cfg.vocab_size:
-            raise DataError(f"model.val_lambada: {path} tokenises to ids beyond model.vocab_size={self.model.cfg.vocab_size}")
+            raise DataError(f"model.val_lambada: {path} tokenises to ids beyond "
+                            f"model.vocab_size={self.model.cfg.vocab_size}")
         return examples
 
     # -- steps ---------------------------------------------------------------------------------
