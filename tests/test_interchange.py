@@ -257,7 +257,9 @@ def test_added_tokens_leave_old_logits_unchanged_and_dtype_strip(tmp_path, capsy
     sd["blocks.0.att.time_mix_extra"] = torch.zeros(3)  # a stray key no model uses
     source = save_pth(sd, tmp_path / "small.pth")
     main([str(source), str(tmp_path / "more.pth"), "--vocab_size", "120", "--dtype", "fp32"])
-    assert "dropped 1 key(s) no model uses: blocks.0.att.time_mix_extra" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "dropped 1 key(s) no model uses: blocks.0.att.time_mix_extra" in out
+    assert "vocab_size 97 -> 120: old tokens' logits unchanged (exact)" in out and "n_layer" not in out
     grown = load_pth(tmp_path / "more.pth")
     assert grown["emb.weight"].dtype == torch.float32 and "blocks.0.att.time_mix_extra" not in grown
     before, after = RWKV(tiny_config()), RWKV(tiny_config(vocab_size=120))
@@ -329,7 +331,7 @@ def test_widened_model_starts_close_to_the_small_one_and_trains(version, toleran
         surgery(str(source), str(tmp_path / "odd.pth"), n_embd=100)
 
 
-def test_widening_with_layers_tokens_and_a_learned_state_at_once(tmp_path):
+def test_widening_with_layers_tokens_and_a_learned_state_at_once(tmp_path, capsys):
     """A state-tuned x070 widened 64 -> 128, 2 -> 3 layers, 97 -> 120 tokens in one call: new
     heads and layers start from a zero state; the old tokens' logits stay the small model's up to
     rounding (measured fp32 relative RMS 6.9e-7)."""
@@ -342,6 +344,11 @@ def test_widening_with_layers_tokens_and_a_learned_state_at_once(tmp_path):
     small.initial_wkv = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2)) * 0.3
     main([str(save_pth(small, tmp_path / "small.pth")), str(tmp_path / "big.pth"), "--n_embd", "128",
           "--n_layer", "3", "--vocab_size", "120"])
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        "n_layer 2 -> 3: new layers add nothing until trained (exact)",
+        "vocab_size 97 -> 120: old tokens' logits unchanged (exact)",
+        "n_embd 64 -> 128 (4 -> 8 heads, dim_ffn 256 -> 512): new residual channels copy old ones: "
+        "the logits are the small model's up to rounding"]
     sd = load_pth(tmp_path / "big.pth")
     big = RWKV(config_from_state_dict(sd))
     load_state_into(big, sd)

@@ -69,6 +69,21 @@ def grown_config(cfg: ModelConfig, n_layer: int | None, vocab_size: int | None, 
     return new_cfg
 
 
+def describe_growth(old: ModelConfig, new: ModelConfig) -> list[str]:
+    """One line per size that grew, saying what holds exactly."""
+    lines = [f"n_layer {old.n_layer} -> {new.n_layer}: new layers add nothing until trained (exact)"
+             if new.n_layer > old.n_layer else "",
+             f"vocab_size {old.vocab_size} -> {new.vocab_size}: old tokens' logits unchanged (exact)"
+             if new.vocab_size > old.vocab_size else ""]
+    if new.n_embd > old.n_embd:
+        how = ("new residual channels copy old ones: the logits are the small model's up to rounding"
+               if new.n_embd % old.n_embd == 0 else "new residual channels hold the old channels' mean: "
+               "the logits are close to the small model's, not equal (see --help)")
+        lines.append(f"n_embd {old.n_embd} -> {new.n_embd} ({old.n_head} -> {new.n_head} heads, "
+                     f"dim_ffn {old.dim_ffn} -> {new.dim_ffn}): {how}")
+    return [line for line in lines if line]
+
+
 def grow_state_dict(sd: dict[str, Tensor], n_layer: int | None = None, vocab_size: int | None = None,
                     seed: int = 0, n_embd: int | None = None) -> tuple[dict[str, Tensor], list[str]]:
     """(the grown fp32 state dict in our layout, the keys left out because no model uses them)."""

@@ -14,18 +14,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..checkpoint import DTYPES, load_pth, save_pth
+from ..checkpoint import DTYPES, config_from_state_dict, load_pth, save_pth
 from ..errors import one_line_errors
-from ..interchange.surgery import grow_state_dict
+from ..interchange.surgery import describe_growth, grow_state_dict
 
 
 def surgery(source: str, out: str, n_layer: int | None = None, vocab_size: int | None = None,
             dtype: str | None = None, seed: int = 0, overwrite: bool = False,
             n_embd: int | None = None) -> tuple[Path, list[str]]:
+    """(the written .pth, lines saying what changed)."""
     sd = load_pth(source)
     original_dtype = next((name for name, d in DTYPES.items() if d == sd["emb.weight"].dtype), None)
+    old_cfg = config_from_state_dict(sd)
     grown, stripped = grow_state_dict(sd, n_layer, vocab_size, seed, n_embd)
-    return save_pth(grown, out, dtype=dtype or original_dtype, overwrite=overwrite), stripped
+    report = describe_growth(old_cfg, config_from_state_dict(grown))
+    if stripped:
+        report.append(f"dropped {len(stripped)} key(s) no model uses: {', '.join(stripped)}")
+    return save_pth(grown, out, dtype=dtype or original_dtype, overwrite=overwrite), report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,8 +49,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = p.parse_args(argv)
     with one_line_errors():
-        path, stripped = surgery(args.source, args.out, args.n_layer, args.vocab_size, args.dtype, args.seed,
+        path, report = surgery(args.source, args.out, args.n_layer, args.vocab_size, args.dtype, args.seed,
                                  args.overwrite, args.n_embd)
-    if stripped:
-        print(f"dropped {len(stripped)} key(s) no model uses: {', '.join(stripped)}")
-    print(f"wrote {path}")
+    print("\n".join([*report, f"wrote {path}"]))
