@@ -121,6 +121,33 @@ def test_hf_names_follow_fla_layout():
     assert hf_name("head.weight") == ("lm_head.weight", False)
 
 
+@pytest.mark.parametrize("model_type", ["rwkv6", "rwkv7"])
+def test_a_folder_fla_wrote_converts_to_pth_and_back_bit_exactly(model_type, tmp_path):
+    """A folder of fla's own save_pretrained (its config.json: intermediate_size null, fla's
+    dtype field, ...) becomes a .pth that loads into our model, and converts back to the same tensors."""
+    fla_models = pytest.importorskip("fla.models")
+    from rwkv_infctx.interchange.hf import hf_to_pth, pth_to_hf, read_hf_folder
+
+    if model_type == "rwkv6":
+        model = fla_models.RWKV6ForCausalLM(fla_models.RWKV6Config(
+            hidden_size=64, num_heads=4, expand_k=1.0, expand_v=1.0, num_hidden_layers=2, vocab_size=97))
+    else:
+        model = fla_models.RWKV7ForCausalLM(fla_models.RWKV7Config(
+            hidden_size=64, head_dim=16, num_hidden_layers=2, vocab_size=97, decay_low_rank_dim=32,
+            a_low_rank_dim=32, v_low_rank_dim=32, gate_low_rank_dim=32))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.1)
+    model.save_pretrained(tmp_path / "fla")
+    pth = hf_to_pth(str(tmp_path / "fla"), str(tmp_path / "m.pth"))
+    ours = RWKV(tiny_config(version={"rwkv6": "x060", "rwkv7": "x070"}[model_type],
+                            dim_ffn=224 if model_type == "rwkv6" else 256))  # fla rounds 3.5 x 64 up to 32s
+    load_state_into(ours, load_pth(pth))
+    _, written = read_hf_folder(str(tmp_path / "fla"))
+    _, back = read_hf_folder(str(pth_to_hf(str(pth), str(tmp_path / "back"))))
+    assert written.keys() == back.keys() and all(torch.equal(written[k], back[k]) for k in written)
+
+
 def test_hf_x060_layout_follows_fla(tmp_path, capsys):
     """Names as fla's RWKV6 modules; the token-shift LoRA's five blocks in fla's order (r, w, k, v, g)."""
     from rwkv_infctx.interchange.hf import FLA_MIXES, hf_name_x060, read_hf_folder
