@@ -148,6 +148,22 @@ def test_a_folder_fla_wrote_converts_to_pth_and_back_bit_exactly(model_type, tmp
     assert written.keys() == back.keys() and all(torch.equal(written[k], back[k]) for k in written)
 
 
+def test_tied_embeddings_become_blinkdl_head(tmp_path):
+    pytest.importorskip("safetensors")
+    from safetensors.torch import load_file, save_file
+
+    from rwkv_infctx.interchange.hf import hf_to_pth, pth_to_hf
+
+    folder = pth_to_hf(str(save_pth(random_model(tiny_config()), tmp_path / "m.pth")), str(tmp_path / "hf"))
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors["lm_head.weight"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": True}))
+    sd = load_pth(hf_to_pth(str(folder), str(tmp_path / "tied.pth")))
+    assert torch.equal(sd["head.weight"], sd["emb.weight"])
+
+
 def test_hf_x060_layout_follows_fla(tmp_path, capsys):
     """Names as fla's RWKV6 modules; the token-shift LoRA's five blocks in fla's order (r, w, k, v, g)."""
     from rwkv_infctx.interchange.hf import FLA_MIXES, hf_name_x060, read_hf_folder

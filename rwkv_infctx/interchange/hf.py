@@ -12,7 +12,8 @@ static mixes ``time_maa_r/w/k/v/g`` are the rows of ``x_bias``, and the decay Lo
 except x070's six token-shift mixes.
 
 One mapping (``hf_entry``) serves both directions: the reverse walks our model's own key list,
-so every key of a complete model must be found in the folder. What does not carry over: a learned
+so every key of a complete model must be found in the folder (a folder with tied embeddings gives
+BlinkDL's head a copy of them). What does not carry over: a learned
 initial state (``att.time_state``; fla's models have none), the tokenizer (fla folders name it
 separately) and x052 (fla has no RWKV-5). GroupNorm eps differs from BlinkDL's 64e-5: fla's
 RWKV-7 uses head_dim * norm_eps (equal at head size 64, all released RWKV-7), fla's RWKV-6 uses
@@ -243,10 +244,12 @@ def hf_to_pth(source: str, out: str, dtype: str | None = None, overwrite: bool =
     """Write the fla RWKV-7 / RWKV-6 HF folder ``source`` as a BlinkDL x070 / x060 ``.pth``."""
     hf, tensors = read_hf_folder(source)
     cfg = config_from_hf(hf, source)
+    if hf.get("tie_word_embeddings") and _TOP["head.weight"] not in tensors:  # BlinkDL's head is its own tensor
+        tensors[_TOP["head.weight"]] = tensors.get(_TOP["emb.weight"])
     sd, used = {}, set()
     for key, shape in key_shapes(cfg).items():
         name, row, layout = hf_entry(cfg.version, key)
-        if name not in tensors:
+        if tensors.get(name) is None:
             raise CheckpointError(f"{source}: no tensor {name!r} (for {key}); is it an fla {hf['model_type']} folder?")
         used.add(name)
         tensor = tensors[name] if row is None or len(tensors[name]) <= row else tensors[name][row]
