@@ -1,10 +1,11 @@
-"""Run in a child process by tests/test_interchange.py: fla's RWKV-7 on the CPU under Triton's
-interpreter. Prints one JSON line.
+"""Run in a child process by tests/test_interchange.py: fla's RWKV-7 or RWKV-6 (the folder's
+model_type) on the CPU under Triton's interpreter. Prints one JSON line.
 
 The parent sets TRITON_INTERPRET=1 (read when triton is imported), FLA_USE_COMPILE=0 and
 TORCHDYNAMO_DISABLE=1 (fla's torch.compile'd helpers would otherwise build C++ for minutes).
 Each autotuned kernel keeps one config: the interpreter would run every candidate.
-usage: python tests/fla_cpu_child.py HF_FOLDER TOKEN,TOKEN,...
+usage: python tests/fla_cpu_child.py HF_FOLDER TOKEN,TOKEN,... [--backend]
+(--backend: also check our fla WKV backend's conventions, see our_fla_backend_errors)
 """
 
 import json
@@ -17,16 +18,18 @@ _autotune = triton.autotune
 triton.autotune = lambda configs, *args, **kwargs: _autotune(configs[-1:], *args, **kwargs)
 
 import torch  # noqa: E402
-from fla.models import RWKV7ForCausalLM  # noqa: E402
+from fla.models import RWKV6ForCausalLM, RWKV7ForCausalLM  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def fla_logits(folder: str, tokens: list[int]) -> tuple[list, list, list]:
-    """fla's logits (its layer takes fused_recurrent for < 64 tokens without grad), and the keys
-    fla's model lacks from the folder or the folder lacks from fla's model."""
-    model = RWKV7ForCausalLM.from_pretrained(folder, fuse_norm=False).eval()
+    """fla's logits (its layers take fused_recurrent for <= 64 tokens), and the keys fla's model
+    lacks from the folder or the folder lacks from fla's model."""
+    model_type = json.loads((Path(folder) / "config.json").read_text())["model_type"]
+    model_class = {"rwkv7": RWKV7ForCausalLM, "rwkv6": RWKV6ForCausalLM}[model_type]
+    model = model_class.from_pretrained(folder, fuse_norm=False).eval()
     result = model.load_state_dict(load_file(str(Path(folder) / "model.safetensors")), strict=False)
     with torch.no_grad():
         logits = model(torch.tensor([tokens])).logits[0]
@@ -67,5 +70,5 @@ def our_fla_backend_errors() -> dict:
 
 if __name__ == "__main__":
     logits, missing, unexpected = fla_logits(sys.argv[1], [int(t) for t in sys.argv[2].split(",")])
-    print(json.dumps({"logits": logits, "missing": missing, "unexpected": unexpected,
-                      "backend": our_fla_backend_errors()}))
+    backend = our_fla_backend_errors() if "--backend" in sys.argv[3:] else None
+    print(json.dumps({"logits": logits, "missing": missing, "unexpected": unexpected, "backend": backend}))

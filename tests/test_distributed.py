@@ -54,7 +54,10 @@ def documents_of_varied_length(folder: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("samples", ["fixed-length", "varied-length"])
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path, samples):
-    data = [] if samples == "fixed-length" else [
+    lambada = tmp_path / "lambada.jsonl"  # 5 records: 3 on rank 0, 2 (and a repeat not counted) on rank 1
+    lambada.write_text("".join(json.dumps({"text": f"record {i} of the held-out file ends with word{i}"}) + "\n"
+                               for i in range(5)))
+    data = ["--model.val_lambada", str(lambada)] if samples == "fixed-length" else [
         "--data.source", str(documents_of_varied_length(tmp_path)), "--data.sample_len", "null"]
     one_losses, one_weights, _ = fit(tmp_path / "one", "--data.batch_size", "4", *data)
     two_losses, two_weights, rows = fit(tmp_path / "two", "--data.batch_size", "2", "--trainer.strategy", "ddp",
@@ -69,6 +72,9 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(tmp_path
     two_val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert len(one_val) == 2 and two_val == pytest.approx(one_val, rel=1e-5)  # 5 samples: 3 on rank 0, 2 on rank 1
     if samples == "fixed-length":
+        one_lambada = [float(r["val/lambada_ppl"]) for r in fit_rows(tmp_path / "one") if r.get("val/lambada_ppl")]
+        two_lambada = [float(r["val/lambada_ppl"]) for r in rows if r.get("val/lambada_ppl")]
+        assert len(one_lambada) == 2 and two_lambada == pytest.approx(one_lambada, rel=1e-5)
         last = [r for r in rows if r.get("train/loss")][-1]
         tokens_per_step = 4 * 64  # global batch 4 samples x 64 positions, whatever the device count
         assert float(last["train/step_tokens"]) == float(last["train/micro_batch_tokens"]) == tokens_per_step

@@ -212,3 +212,28 @@ def test_lm_eval_cli_runs_a_local_task_with_our_model(harness_lm, lambada_case, 
         correct += max(range(len(scores)), key=scores.__getitem__) == q["answer"]
     assert results["tiny_choice"]["acc,none"] == pytest.approx(correct / len(QUESTIONS))
     assert "exact_match,none" in results["tiny_gen"]
+
+
+def test_val_lambada_during_training_equals_evaluate(tmp_path):
+    """model.val_lambada: each validation logs val/lambada_acc and val/lambada_ppl, the figures
+    evaluate_lambada gives for the model at that step; none during the sanity check."""
+    import csv
+
+    from .helpers import tiny_fit
+    from .test_resume import small_corpus
+
+    path = tmp_path / "held_out.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{context} end"}) + "\n" for context in CONTEXTS[:4]))
+    trainer = tiny_fit(tmp_path, small_corpus(tmp_path), max_steps=2, module_args={"val_lambada": str(path)},
+                       data_args={"test_split": 2}, limit_val_batches=1, val_check_interval=2,
+                       num_sanity_val_steps=1)
+    rows = [r for r in csv.DictReader(open(f"{trainer.logger.log_dir}/metrics.csv")) if r.get("val/lambada_ppl")]
+    assert [int(r["step"]) for r in rows] == [1]  # Lightning's step of the validation after 2 updates
+    expected = evaluate_lambada(trainer.lightning_module.model, load_tokenizer("world"), path, progress_every=0)
+    assert float(rows[0]["val/lambada_acc"]) == expected.accuracy
+    assert math.isclose(float(rows[0]["val/lambada_ppl"]), expected.perplexity, rel_tol=1e-5)
+    from rwkv_infctx.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.val_lambada: no such file"):
+        tiny_fit(tmp_path / "missing", small_corpus(tmp_path), max_steps=1, module_args={"val_lambada": "nope.jsonl"},
+                 data_args={"test_split": 2}, limit_val_batches=1)

@@ -18,7 +18,9 @@ from ..checkpoint import (
     load_state_into,
 )
 from ..config import ModelConfig, Version
+from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError, DataError
+from ..eval.lambada import read_lambada, score_target
 from ..files import first_unused
 from ..model import RWKV
 from ..model.adapters import LoraConfig, check_exports, describe_training, prepare_finetuning, save_exports
@@ -71,6 +73,7 @@ class RWKVModule(L.LightningModule):
         load_adapter: str | None = None,
         export_adapter: bool = False,
         export_state: bool = False,
+        val_lambada: str | None = None,
     ):
         """RWKV language model trained with infinite context (chunked BPTT).
 
@@ -130,6 +133,10 @@ class RWKVModule(L.LightningModule):
                 as peft names them, the state as att.time_state, ...), for model.load_adapter.
             export_state: Also write rwkv-final-state.pth: only blocks.N.att.time_state (an
                 RWKV-Runner state file).
+            val_lambada: A LAMBADA-format jsonl ({"text": ...} lines) scored at each validation,
+                tokenised with data.tokenizer: logs val/lambada_acc and val/lambada_ppl (last-word
+                accuracy and perplexity, as evaluate.py). Every record runs at every validation
+                (split over the devices), so keep the file small (e.g. 500 records); null = off.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -161,6 +168,7 @@ class RWKVModule(L.LightningModule):
         self._tokens_in_batch = 0.0
         self._tokens_seen = 0.0
         self._stop_on_signal: StopOnSignal | None = None
+        self._lambada: list[tuple[list[int], list[int]]] = []
 
     # -- data checks ---------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -172,12 +180,27 @@ class RWKVModule(L.LightningModule):
                 f"data.tokenizer={dm.hparams.tokenizer!r} has {tokenizer_vocab} tokens but model.vocab_size={vocab}; "
                 "set model.vocab_size to at least the tokenizer's"
             )
+        if self.hparams.val_lambada and stage in ("fit", "validate"):
+            self._lambada = self._read_val_lambada(dm)
         max_id = getattr(dm, "max_token_id", None)
         if max_id is not None and max_id >= vocab:
             raise DataError(
                 f"the data has token id {max_id} but model.vocab_size={self.model.cfg.vocab_size}; "
                 "use a tokenizer that matches the model or raise vocab_size"
             )
+
+    def _read_val_lambada(self, dm) -> list[tuple[list[int], list[int]]]:
+        path = self.hparams.val_lambada
+        if not Path(path).is_file():
+            raise ConfigError(f"model.val_lambada: no such file {path!r}; give a LAMBADA-format jsonl")
+        tokenizer_name = getattr(getattr(dm, "hparams", None), "tokenizer", None)
+        if tokenizer_name is None:
+            raise ConfigError("model.val_lambada needs the data module's tokenizer (data.tokenizer)")
+        examples = read_lambada(path, load_tokenizer(tokenizer_name))
+        if max(max(c + t) for c, t in examples) >= self.model.cfg.vocab_size:
+            raise DataError(f"model.val_lambada: {path} tokenises to ids beyond "
+                            f"model.vocab_size={self.model.cfg.vocab_size}")
+        return examples
 
     # -- steps ---------------------------------------------------------------------------------
     def _loss(self, batch):
@@ -261,6 +284,22 @@ class RWKVModule(L.LightningModule):
         total = self.all_gather(torch.stack([self._val_sum, self._val_tokens]))
         total = total.reshape(-1, 2).sum(0)
         self.log("val/loss", (total[0] / total[1].clamp(min=1)).float(), prog_bar=True)  # every rank: a monitor may read it
+        if self._lambada and not self.trainer.sanity_checking:
+            nll_sum, correct, count = self._score_lambada()
+            self.log("val/lambada_acc", (correct / count).float())
+            self.log("val/lambada_ppl", torch.exp(nll_sum / count).float())
+
+    def _score_lambada(self) -> torch.Tensor:
+        """(summed target NLL, accurate examples, examples) over model.val_lambada, the records
+        split over the devices. Every device runs the same number of forwards (the last ones
+        repeat a record and are not counted): ZeRO-3 gathers the weights in each forward."""
+        examples, rank, world = self._lambada, self.global_rank, self.trainer.world_size
+        totals = torch.zeros(3, device=self.device, dtype=torch.float64)
+        for i in range(rank, -(-len(examples) // world) * world, world):
+            logprob, accurate = score_target(self.model, *examples[i % len(examples)], chunk_len=self.hparams.ctx_len)
+            if i < len(examples):
+                totals += torch.tensor([-logprob, float(accurate), 1.0], device=self.device, dtype=torch.float64)
+        return self.trainer.strategy.reduce(totals, reduce_op="sum")
 
     def test_step(self, batch, batch_idx):
         self.validation_step(batch, batch_idx)
