@@ -43,6 +43,20 @@ def test_sliced_head_loss_equals_plain_head_and_loss(l2wrap, slice_tokens):
         assert rel_err(sliced(hidden, weight), expected[0] / 0.37) < 1e-6
 
 
+def test_sliced_head_loss_under_bf16_autocast_equals_the_plain_path():
+    """bf16 logits (as autocast gives the head): same loss, same bf16-rounded gradients."""
+    g = torch.Generator().manual_seed(2)
+    hidden, weight = torch.randn(3, 11, 16, generator=g), torch.randn(97, 16, generator=g)
+    targets, mask = torch.randint(0, 97, (3, 11), generator=g), torch.ones(3, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = loss_and_grads(lambda h, w: masked_token_loss_sum(F.linear(h, w), targets, mask, 1e-2),
+                                  hidden, weight)
+        sliced = loss_and_grads(lambda h, w: linear_loss_sum(h, w, targets, mask, 1e-2, 4), hidden, weight)
+    assert sliced[0].dtype == torch.float32
+    assert rel_err(sliced[0], expected[0]) < 1e-5
+    assert rel_err(sliced[1], expected[1]) < 1e-2 and rel_err(sliced[2], expected[2]) < 1e-2
+
+
 def test_the_head_module_returns_logits_or_the_loss():
     from rwkv_infctx.model.layers import Head
 

@@ -32,19 +32,20 @@ class _LinearLossSum(torch.autograd.Function):
             part = slice(start, start + slice_tokens)
             h, tgt, msk = hidden[part], targets[part, None], mask[part, None]
             logits = F.linear(h, weight)  # model dtype (bf16 under autocast), as the plain head gives
+            # softmax in as few passes over the (tokens x vocab) slice as possible, in place: max,
+            # exp(x - max), sum, and one scaling that also applies the mask
             scores = logits.float()
-            log_norm = scores.logsumexp(-1, keepdim=True)
-            loss_sum += ((log_norm - scores.gather(-1, tgt)) * msk).sum()
+            max_score, argmax = scores.max(-1, keepdim=True)
+            target_score = scores.gather(-1, tgt)
+            exp_scores = scores.sub_(max_score).exp_()
+            total = exp_scores.sum(-1, keepdim=True)
+            loss_sum += ((max_score + total.log() - target_score) * msk).sum()
             if not with_grads:
                 continue
+            grad_logits = exp_scores.mul_(msk / total)  # masked softmax
+            grad_logits.scatter_add_(-1, tgt, -msk)
             if l2wrap > 0:  # BlinkDL's L2Wrap: push every token's largest logit towards 0
-                max_logit, argmax = logits.max(-1, keepdim=True)
-                push = (max_logit * msk * l2wrap).float()
-            grad_logits = scores.sub_(log_norm).exp_()  # softmax, in place (scores may be the logits)
-            grad_logits.scatter_add_(-1, tgt, torch.full_like(msk, -1.0))
-            grad_logits.mul_(msk)
-            if l2wrap > 0:
-                grad_logits.scatter_add_(-1, argmax, push)
+                grad_logits.scatter_add_(-1, argmax, max_score * msk * l2wrap)
             grad_logits = grad_logits.to(logits.dtype)
             grad_hidden[part] = grad_logits @ weight.to(logits.dtype)
             if weight_grad:
