@@ -100,6 +100,21 @@ def test_chunked_strong_decay_is_finite():
     assert rel_err(out, ref) < 1e-5 and rel_err(state, ref_state) < 1e-5
 
 
+def test_factored_form_is_exact_at_the_strongest_decay_the_model_allows():
+    """x070 clamps log-decay to >= -0.6065 per token: at that decay everywhere, every block of the
+    default length still takes the factored path, and it matches the reference."""
+    from rwkv_infctx.ops.chunked import DEFAULT_BLOCK_LEN, _factorable
+
+    xs, s0 = make_inputs(T=100, H=2, N=16)
+    xs[1] = torch.full_like(xs[1], -0.6065)
+    assert _factorable(xs[1], DEFAULT_BLOCK_LEN) and not _factorable(xs[1] * 40, DEFAULT_BLOCK_LEN)
+    ref = forward_backward(wkv7_reference, xs, s0)
+    fast = forward_backward(wkv7_chunked, xs, s0)
+    assert rel_err(fast[0], ref[0]) < 1e-5 and rel_err(fast[1], ref[1]) < 1e-5
+    for g_fast, g_ref in zip(fast[2], ref[2]):
+        assert rel_err(g_fast, g_ref) < 1e-5
+
+
 def test_unknown_backend_is_a_config_error():
     from rwkv_infctx.errors import ConfigError
     xs, s0 = make_inputs(T=4)

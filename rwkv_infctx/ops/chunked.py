@@ -18,13 +18,14 @@ WKV-6 is the special case without the delta term, plus the bonus u of the curren
 Its decays are unbounded (x070 clamps them to >= exp(-0.61) per token), so there each log ratio is
 summed over the tokens it spans instead of taken as a difference of running sums; see _wkv6_block.
 
-WKV-7 runs all blocks at once where it can (``_wkv7_all_blocks``): the pair ratios G_t / G_s
+Both run all blocks at once where they can (``_wkv7_all_blocks``, ``_wkv6_all_blocks``): the pair ratios G_t / G_s
 factor as (G_t) * (1 / G_s), so each block's pair terms are plain L x L matrix products instead of
 (L, L, N) elementwise tensors, and the state recursion reduces to S_{j+1} = M_j S_j + C_j per
 block (the "WY" form of flash-linear-attention's chunk kernels): one small product per block is
 all that runs in sequence. 1 / G_s grows as the decay strengthens, so this form is used only while
-every block's total log-decay stays within ``FACTORED_LOG_DECAY_LIMIT`` (always, for the model's
-clamped decays: at most 0.61 per token); stronger decays take the per-block pairwise path.
+every block's total log-decay stays within ``FACTORED_LOG_DECAY_LIMIT`` (always, for x070's
+clamped decays: at most 0.61 per token); stronger decays (possible in v5/v6) take the per-block
+pairwise paths below, which stay exact for any decay.
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from torch import Tensor
 
 from .reference import float32_arithmetic, zero_state
 
-DEFAULT_BLOCK_LEN = 16
+# Measured on 2 CPU cores (B 4, T 256, H 4, N 64, forward + backward): WKV-7 factored 54 ms at
+# 16-token blocks, 40 at 32, 39 at 64, pairwise 144 at 16; WKV-6 24 / 18 / 16, pairwise 83. The
+# pairwise path's (L, L, N) tensors make it slower beyond 16 tokens. 32 keeps x070's strongest
+# block (32 x 0.61 = 19.4) within the limit below.
+DEFAULT_BLOCK_LEN = 32
+PAIRWISE_BLOCK_LEN = 16
 # exp(30) ~ 1e13 keeps every factored product far from float32's range (3e38) and the decays'
 # relative rounding (|log G| times 6e-8) at the level of the pairwise path's.
 FACTORED_LOG_DECAY_LIMIT = 30.0
@@ -165,8 +171,8 @@ def wkv7_chunked(
 ) -> tuple[Tensor, Tensor]:
     """Same contract as ``wkv7_reference``; any T (the last block may be shorter)."""
     if not _factorable(w, block_len):
-        return _scan_blocks(_wkv7_block, (r, w, k, v, a, b), initial_state, block_len)
-    B, T, H, N = r.shape
+        return _scan_blocks(_wkv7_block, (r, w, k, v, a, b), initial_state, min(block_len, PAIRWISE_BLOCK_LEN))
+    T = r.shape[1]
     state = zero_state(r) if initial_state is None else initial_state.float()
     out, state = _wkv7_all_blocks(*_in_blocks((r, w, k, v, a, b), block_len), state)
     return out.flatten(2, 3)[:, :, :T].transpose(1, 2).to(r.dtype), state
@@ -205,6 +211,25 @@ def _wkv6_block(r, w, k, v, u, state):
     return out, new_state
 
 
+def _wkv6_all_blocks(r, w, k, v, u, state):
+    """Every block at once (the factored form, as _wkv7_all_blocks); inputs (B, H, J, L, N) float32,
+    u (H, N), state (B, H, K, V)."""
+    log_g = w.cumsum(3)
+    log_g_last = log_g[..., -1:, :]
+    r_scaled = r * (log_g - w).exp()  # r_t G_{t-1}: the state holds tokens before t
+    pairs = torch.tril(r_scaled @ (k * (-log_g).exp()).transpose(-1, -2), -1)  # s < t
+    bonus = (r * u[:, None, None] * k).sum(-1, keepdim=True)  # the current token, via u only
+    out_c = pairs @ v + bonus * v
+    written = (k * (log_g_last - log_g).exp()).transpose(-1, -2) @ v  # (.., K, V)
+    block_decay = log_g_last.squeeze(-2).exp()[..., None]  # (.., K, 1)
+    starts = []
+    for j in range(r.shape[2]):  # the only sequential part: one scaled add per block
+        starts.append(state)
+        state = block_decay[:, :, j] * state + written[:, :, j]
+    out = r_scaled @ torch.stack(starts, 2) + out_c if starts else out_c
+    return out, state
+
+
 @float32_arithmetic
 def wkv6_chunked(
     r: Tensor,
@@ -216,4 +241,10 @@ def wkv6_chunked(
     block_len: int = DEFAULT_BLOCK_LEN,
 ) -> tuple[Tensor, Tensor]:
     """Same contract as ``wkv6_reference``; any T (the last block may be shorter)."""
-    return _scan_blocks(_wkv6_block, (r, w, k, v), initial_state, block_len, u.float())
+    if not _factorable(w, block_len):
+        return _scan_blocks(_wkv6_block, (r, w, k, v), initial_state, min(block_len, PAIRWISE_BLOCK_LEN),
+                            u.float())
+    T = r.shape[1]
+    state = zero_state(r) if initial_state is None else initial_state.float()
+    out, state = _wkv6_all_blocks(*_in_blocks((r, w, k, v), block_len), u.float(), state)
+    return out.flatten(2, 3)[:, :, :T].transpose(1, 2).to(r.dtype), state
