@@ -78,3 +78,27 @@ def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_theirs():
     expected = loss_and_grads(lambda x, w: masked_token_loss_sum(F.linear(x, w), targets, mask, 1e-2), hidden, weight)
     assert weight.grad is None
     assert rel_err(h.grad, expected[1]) < 1e-5
+
+
+def test_calls_sharing_one_weight_gradient_give_the_summed_gradient_once():
+    """Chunks share one head-weight gradient (returned by the last backward): same gradients as
+    separate calls; losses weighted unequally are refused rather than given a wrong gradient."""
+    from rwkv_infctx.ops.head_loss import SharedWeightGrad
+
+    g = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(3, 10, 16, generator=g), torch.randn(97, 16, generator=g)
+    targets, mask = torch.randint(0, 97, (3, 10), generator=g), torch.ones(3, 10)
+
+    def in_parts(shared, scales=(1.0, 1.0, 1.0)):
+        h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+        sink = SharedWeightGrad() if shared else None
+        total = sum(scale * linear_loss_sum(h[:, i:i + 4], w, targets[:, i:i + 4], mask[:, i:i + 4], 1e-2,
+                                            weight_grad=sink)
+                    for scale, i in zip(scales, range(0, 10, 4)))
+        (total * 0.37).backward()
+        return h.grad, w.grad
+
+    separate, shared = in_parts(False), in_parts(True)
+    assert rel_err(shared[0], separate[0]) < 1e-6 and rel_err(shared[1], separate[1]) < 1e-6
+    with pytest.raises(RuntimeError, match="equal weight"):
+        in_parts(True, scales=(1.0, 2.0, 1.0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops.head_loss import linear_loss_sum
+from ..ops.head_loss import SharedWeightGrad, linear_loss_sum
 
 
 def token_shift(x: Tensor, previous: Tensor) -> Tensor:
@@ -29,7 +29,7 @@ class Head(nn.Linear):
         super().__init__(n_embd, vocab_size, bias=False)
 
     def forward(self, x: Tensor, targets: Tensor | None = None, mask: Tensor | None = None,
-                l2wrap: float = 0.0) -> Tensor:
+                l2wrap: float = 0.0, weight_grad: SharedWeightGrad | None = None) -> Tensor:
         if targets is None:
             return super().forward(x)
-        return linear_loss_sum(x, self.weight, targets, mask, l2wrap)
+        return linear_loss_sum(x, self.weight, targets, mask, l2wrap, weight_grad=weight_grad)

@@ -27,20 +27,56 @@ def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
     return torch.promote_types(hidden.dtype, weight.dtype)
 
 
+class SharedWeightGrad:
+    """One float32 head-weight gradient for all the chunks of a sample.
+
+    Each chunk's loss op adds its weight gradient here in its forward, instead of keeping a
+    vocab x n_embd tensor per chunk until the backward (64 MB each with the world vocabulary): so
+    the head can run outside the recomputed chunks, once per token. The chunks' losses enter the
+    sample's loss summed, so every op receives the same incoming gradient; the last op to run
+    backward checks that and returns the whole gradient, the others return none.
+    """
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+        self.grad_loss: Tensor | None = None
+        self.pending = 0
+
+    def open(self, weight: Tensor) -> Tensor:
+        """The buffer an op adds its contribution to; the op's backward must then call ``take``."""
+        self.pending += 1
+        if self.buffer is None:
+            self.buffer = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        return self.buffer
+
+    def take(self, grad_loss: Tensor) -> Tensor | None:
+        """The op's share of the weight gradient: all of it for the last op, else None."""
+        if self.grad_loss is None:
+            self.grad_loss = grad_loss.detach().clone()
+        elif not torch.equal(self.grad_loss, grad_loss):
+            raise RuntimeError("SharedWeightGrad: the chunk losses must enter the total loss with equal weight")
+        self.pending -= 1
+        if self.pending:
+            return None
+        grad, self.buffer, self.grad_loss = self.buffer * grad_loss, None, None
+        return grad
+
+
 class _LinearLossSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tensor, l2wrap: float,
-                slice_tokens: int, with_grads: bool, weight_grad: bool) -> Tensor:
+                slice_tokens: int, with_grads: bool, weight_grad: SharedWeightGrad | None) -> Tensor:
         dtype = _compute_dtype(hidden, weight)
+        grad_weight = weight_grad.open(weight) if weight_grad is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
-            loss_sum, grad_hidden, grad_weight = _LinearLossSum._slices(
-                hidden, weight.to(dtype), targets, mask, l2wrap, slice_tokens, with_grads, weight_grad)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.weight_dtype = weight.dtype
+            loss_sum, grad_hidden = _LinearLossSum._slices(
+                hidden, weight.to(dtype), targets, mask, l2wrap, slice_tokens, with_grads, grad_weight)
+        ctx.save_for_backward(grad_hidden)
+        ctx.weight_grad, ctx.weight_dtype = weight_grad, weight.dtype
         return loss_sum
 
     @staticmethod
-    def _slices(hidden, weight, targets, mask, l2wrap, slice_tokens, with_grads, weight_grad):
+    def _slices(hidden, weight, targets, mask, l2wrap, slice_tokens, with_grads, grad_weight):
         """The loop over token slices, with weight already in the compute dtype.
 
         The slices' logits and scores live in buffers allocated once: a fresh 64 MB tensor per slice
@@ -48,8 +84,7 @@ class _LinearLossSum(torch.autograd.Function):
         about a third of the head's time on a CPU."""
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if with_grads else None
-        # a frozen head (LoRA, state tuning) skips a third of the head's matrix products
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if weight_grad else None
+        # grad_weight is None for a frozen head (LoRA, state tuning): a third of the products skipped
         rows = min(slice_tokens, hidden.shape[0])
         logits_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=weight.dtype)
         scores_buffer = logits_buffer if weight.dtype == torch.float32 else torch.empty_like(logits_buffer,
@@ -77,32 +112,39 @@ class _LinearLossSum(torch.autograd.Function):
             if grad_logits is not logits:  # back to the compute dtype, as the plain head's gradient
                 grad_logits = logits.copy_(grad_logits)
             grad_hidden[part] = grad_logits @ weight
-            if not weight_grad:
+            if grad_weight is None:
                 continue
             if grad_logits.dtype == torch.float32:
                 grad_weight.addmm_(grad_logits.t(), h)
             else:
                 grad_weight += (grad_logits.t() @ h).float()
-        return loss_sum, grad_hidden, grad_weight
+        return loss_sum, grad_hidden
 
     @staticmethod
     def backward(ctx, grad_loss: Tensor):
-        grad_hidden, grad_weight = ctx.saved_tensors
+        (grad_hidden,) = ctx.saved_tensors
         if grad_hidden is None:
             raise RuntimeError("linear_loss_sum ran without gradients (under no_grad) and cannot backpropagate")
-        weight_grad = None if grad_weight is None else (grad_weight * grad_loss).to(ctx.weight_dtype)
+        weight_grad = None if ctx.weight_grad is None else ctx.weight_grad.take(grad_loss)
+        if weight_grad is not None:
+            weight_grad = weight_grad.to(ctx.weight_dtype)
         return grad_hidden * grad_loss.to(grad_hidden.dtype), weight_grad, None, None, None, None, None, None
 
 
 def linear_loss_sum(hidden: Tensor, weight: Tensor, targets: Tensor, mask: Tensor, l2wrap: float = 0.0,
-                    slice_tokens: int | None = None) -> Tensor:
+                    slice_tokens: int | None = None, weight_grad: SharedWeightGrad | None = None) -> Tensor:
     """Sum over tokens of mask * cross_entropy(hidden @ weight.T, targets), L2Wrap in the gradient.
 
     hidden (..., C), weight (V, C), targets (...) int64, mask (...) float -> scalar float32. The
-    same loss and gradients as ``masked_token_loss_sum(F.linear(hidden, weight), ...)``.
+    same loss and gradients as ``masked_token_loss_sum(F.linear(hidden, weight), ...)``. Calls
+    whose losses are summed may share one ``weight_grad`` (see SharedWeightGrad).
     """
     hidden, targets, mask = hidden.flatten(0, -2), targets.flatten(), mask.flatten().float()
     slice_tokens = slice_tokens or max(1, SLICE_ELEMENTS // weight.shape[0])
     with_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if with_grads and weight.requires_grad:
+        weight_grad = weight_grad or SharedWeightGrad()
+    else:
+        weight_grad = None
     return _LinearLossSum.apply(hidden, weight, targets, mask, l2wrap if with_grads else 0.0, slice_tokens,
-                                with_grads, with_grads and weight.requires_grad)
+                                with_grads, weight_grad)

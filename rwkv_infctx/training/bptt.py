@@ -1,14 +1,14 @@
 """Infinite context: a sample of any length is processed in chunks of ``ctx_len`` tokens with the
 recurrent state carried between chunks.
 
-Memory stays flat because each chunk's forward runs under activation checkpointing: only the
+Memory stays flat because each chunk's blocks run under activation checkpointing: only the
 chunk-boundary states (a few MB) are kept, and the chunk is recomputed in the backward pass. The
 last chunk is the exception: its backward runs first, right after its forward, so keeping its
 activations costs no extra peak memory, and a sample of one chunk runs its forward only once.
-Being run once, the last chunk (and every chunk without gradients) takes its loss from the model's
-head in token slices with the gradients computed on the way (ops/head_loss.py): its logits never
-exist whole. A recomputed chunk keeps the plain logits path, whose first pass does no gradient work.
-Gradients flow through the carried state (exact BPTT) unless ``bptt_truncate`` detaches it.
+The head and the loss run outside the recomputation, once per token, in token slices with their
+gradients computed on the way (ops/head_loss.py): the logits never exist whole, and the chunks
+share one head-weight gradient. Gradients flow through the carried state (exact BPTT) unless
+``bptt_truncate`` detaches it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..model import RWKV, RecurrentState
-from .loss import masked_token_loss_sum
+from ..ops.head_loss import SharedWeightGrad
 
 
 class StepAbandoned(SystemExit):
@@ -57,12 +57,11 @@ def chunked_sample_loss(
     state = model.empty_state(B, input_ids.device) if state is None else state
     mask = mask.float()
 
-    def run_chunk(sliced_head, ids, tgt, msk, *state_parts):
+    def run_blocks(ids, *state_parts):
         hidden, new_state = model.hidden(ids, RecurrentState(*state_parts))
-        if sliced_head:
-            return (model.head(hidden, tgt, msk, l2wrap), *new_state)
-        return (masked_token_loss_sum(model.head(hidden), tgt, msk, l2wrap), *new_state)
+        return (hidden, *new_state)
 
+    head_weight_grad = SharedWeightGrad()
     loss_sum = torch.zeros((), device=input_ids.device)
     n_chunks = 0
     for start in range(0, T, ctx_len):
@@ -71,14 +70,13 @@ def chunked_sample_loss(
         chunk = slice(start, start + ctx_len)
         if bptt_truncate:
             state = state.detach()
-        args = (input_ids[:, chunk], targets[:, chunk], mask[:, chunk], *state)
         is_last = start + ctx_len >= T
         if recompute and torch.is_grad_enabled() and not is_last:
-            chunk_loss, *parts = checkpoint(run_chunk, False, *args, use_reentrant=False)
+            hidden, *parts = checkpoint(run_blocks, input_ids[:, chunk], *state, use_reentrant=False)
         else:
-            chunk_loss, *parts = run_chunk(is_last or not torch.is_grad_enabled(), *args)
+            hidden, *parts = run_blocks(input_ids[:, chunk], *state)
         state = RecurrentState(*parts)
-        loss_sum = loss_sum + chunk_loss
+        loss_sum = loss_sum + model.head(hidden, targets[:, chunk], mask[:, chunk], l2wrap, head_weight_grad)
         n_chunks += 1
     n_tokens = mask.sum()
     return SampleLoss(loss_sum / n_tokens.clamp(min=1), loss_sum.detach(), n_tokens, n_chunks)
