@@ -58,7 +58,7 @@ class SharedWeightGrad:
         self.pending -= 1
         if self.pending:
             return None
-        grad, self.buffer, self.grad_loss = self.buffer * grad_loss, None, None
+        grad, self.buffer, self.grad_loss = self.buffer.mul_(grad_loss), None, None
         return grad
 
 
