@@ -15,7 +15,9 @@ def test_peak_memory_is_flat_in_sample_length():
     short = run_child(chunks=2, ctx_len=128, recompute=True)
     long = run_child(chunks=16, ctx_len=128, recompute=True)
     kept = run_child(chunks=16, ctx_len=128, recompute=False)
-    # 8x the tokens: at most 150 MiB more (the carried states and per-chunk inputs are a few MB)
-    assert long["step_growth_mib"] < short["step_growth_mib"] + 150, (short, long)
-    # keeping every chunk's activations (logits of 2048 x 65536 alone are 512 MiB) is visibly larger
-    assert kept["step_growth_mib"] > long["step_growth_mib"] + 500, (long, kept)
+    # 8x the tokens: the peak within 5% (seen: 1329 vs 1343 MiB; the carried states and per-chunk
+    # inputs are a few MB, and bptt.py hands freed heap pages back between chunks)
+    assert long["peak_rss_mib"] < 1.05 * short["peak_rss_mib"], (short, long)
+    assert long["step_growth_mib"] < short["step_growth_mib"] + 60, (short, long)
+    # keeping every chunk's activations is visibly larger (seen: 823 vs 303 MiB of growth)
+    assert kept["step_growth_mib"] > long["step_growth_mib"] + 300, (long, kept)
