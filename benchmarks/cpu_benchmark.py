@@ -39,7 +39,7 @@ def _build(batch: int, ctx_len: int, recompute: bool):
 
     torch.manual_seed(0)
     module = RWKVModule(n_layer=4, n_embd=256, ctx_len=ctx_len, recompute_chunks=recompute)
-    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4, eps=1e-18)
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-4, eps=1e-18, fused=True)  # as the trainer
     return module, optimizer
 
 

@@ -13,7 +13,7 @@ counts. Our side runs with full BPTT (bptt_truncate: false) and per-chunk recomp
 The infctx trainer is not part of this project: ``--infctx-path`` is a checkout of
 https://github.com/RWKV/RWKV-infctx-trainer (its RWKV-v5 folder, x052 only, is used). It runs its
 own LightningModule (compute_loss, per-block gradient checkpointing, its L2Wrap) with two changes
-needed on a CPU: torch's Adam replaces DeepSpeed's FusedAdam (a CUDA op) in the same parameter
+needed on a CPU: torch's fused Adam replaces DeepSpeed's FusedAdam (a CUDA op) in the same parameter
 groups, and TorchScript is off (RWKV_JIT_ON=0, as with torch.compile it is a CUDA-era switch).
 Without ``--infctx-path`` only our side runs.
 """
@@ -65,9 +65,12 @@ def _their_module(args):
 
     class CPURWKV(RWKV):
         def configure_optimizers(self):
-            fused = super().configure_optimizers()  # FusedAdam cannot step on a CPU: same groups, torch's Adam
+            # DeepSpeed's FusedAdam cannot step on a CPU: the same groups in torch's fused Adam
+            # (one kernel over all tensors, as FusedAdam on a GPU; our side fuses its AdamW too)
+            fused = super().configure_optimizers()
             fused = fused["optimizer"] if isinstance(fused, dict) else fused
-            return torch.optim.Adam(fused.param_groups, betas=(self.beta1, self.beta2), eps=self.adam_eps)
+            return torch.optim.Adam(fused.param_groups, betas=(self.beta1, self.beta2), eps=self.adam_eps,
+                                    fused=True)
 
     return CPURWKV(load_model=".//<#|=@%!$init_model$!%@=|#>//.", n_embd=args.n_embd, n_layer=args.n_layer,
                    vocab_size=args.vocab, ctx_len=args.ctx_len, lr_init=1e-4, lr_final=1e-4,

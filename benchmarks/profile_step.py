@@ -41,7 +41,7 @@ def profile_job(version: str, batch: int, sample_len: int, ctx_len: int, top: in
     torch.manual_seed(0)
     model = RWKV(ModelConfig(version=version, n_layer=4, n_embd=256, vocab_size=65536, head_size=64))
     model.init_weights()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-18)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-18, fused=True)  # as the trainer
     ids = torch.randint(0, 65536, (batch, sample_len + 1))
 
     def step():
