@@ -53,7 +53,7 @@ class SharedWeightGrad:
         """The op's share of the weight gradient: all of it for the last op, else None."""
         if self.grad_loss is None:
             self.grad_loss = grad_loss.detach().clone()
-        elif not torch.equal(self.grad_loss, grad_loss):
+        elif not torch.allclose(self.grad_loss, grad_loss, rtol=0.0, atol=0.0, equal_nan=True):  # NaN steps too
             raise RuntimeError("SharedWeightGrad: the chunk losses must enter the total loss with equal weight")
         self.pending -= 1
         if self.pending:
