@@ -203,7 +203,8 @@ class RWKVModule(L.LightningModule):
                 f"the data has token id {max_id} but model.vocab_size={self.model.cfg.vocab_size}; "
                 "use a tokenizer that matches the model or raise vocab_size"
             )
-        self.prepare_weights(resuming=self._checkpoint_brings_the_weights())
+        if not self._weights_ready:  # (the CLI prepares a fresh run's weights before fit)
+            self.prepare_weights(resuming=self._checkpoint_brings_the_weights())
 
     # -- steps ---------------------------------------------------------------------------------
     def _loss(self, batch):
