@@ -14,6 +14,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from .cli_wandb import wandb_offline_without_account
 from .config import ARCHITECTURE_SIZES
 from .data.datamodule import RWKVDataModule
 from .errors import ConfigError, one_line_errors
@@ -21,7 +22,6 @@ from .files import atomic_write, first_unused
 from .training.module import RWKVModule
 from .training.safety import LIGHTNING_CKPT_NAMES
 from .training.strategy import check_strategy
-from .training.wandb_login import wandb_offline_without_account
 
 
 class SaveFitConfig(SaveConfigCallback):
