@@ -4,13 +4,16 @@ sync`` uploads it later). Part of the CLI layer: it rewrites the parsed ``traine
 
 from __future__ import annotations
 
-import importlib.util
+import configparser
+import netrc
 import os
 import warnings
+from pathlib import Path
+from urllib.parse import urlparse
 
 from jsonargparse import Namespace
 
-from .errors import ConfigError
+DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 
 def wandb_offline_without_account(trainer_config) -> None:
@@ -23,8 +26,6 @@ def wandb_offline_without_account(trainer_config) -> None:
         init_args = logger.get("init_args")
         if (init_args is not None and init_args.get("offline")) or "WANDB_MODE" in os.environ:
             continue
-        if importlib.util.find_spec("wandb") is None:
-            return  # Lightning's WandbLogger says to install it
         if not has_wandb_credentials():
             if init_args is None:
                 logger.init_args = init_args = Namespace()
@@ -34,16 +35,36 @@ def wandb_offline_without_account(trainer_config) -> None:
 
 
 def has_wandb_credentials() -> bool:
-    """wandb's own lookup (WANDB_API_KEY, an identity token, its settings files, the netrc entry of
-    the server it is set to), through ``wandb.login`` without a prompt and without asking the
-    server. With credentials it also logs this process's wandb session in, as the logger would."""
-    import wandb
+    """An API key or identity token in the environment, or a netrc entry for wandb's server (where
+    ``wandb login`` stores the key, under the host and port of the server it logged in to).
 
+    Ours, not wandb's: wandb 0.31's public lookup, ``wandb.login(prompt=False, verify=False)``,
+    starts wandb's service process and keeps process-wide settings that make the offline
+    WandbLogger fail afterwards ("No API key configured") unless ``wandb.teardown()`` drops them,
+    and that teardown waits on the service process (seen blocking a test for over 10 minutes).
+    wandb has no side-effect-free public function for the question; these few lines read the same
+    places (tests/test_logging.py checks each)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    url = urlparse(wandb_base_url())
     try:
-        logged_in = bool(wandb.login(prompt=False, verify=False))
-    except TypeError:  # a wandb without login(prompt=...), which would ask on a terminal or fail
-        raise ConfigError(f"wandb {wandb.__version__} cannot check for credentials without asking for them: "
-                          "pip install -U wandb (tested: 0.31), or set WANDB_MODE=offline") from None
-    if not logged_in:  # wandb keeps the settings it read for the process: drop them for the offline logger's
-        wandb.teardown()
-    return logged_in
+        entries = netrc.netrc(os.environ.get("NETRC"))
+    except (OSError, netrc.NetrcParseError):
+        return False
+    return any(entries.authenticators(host) is not None for host in {url.netloc, url.hostname} if host)
+
+
+def wandb_base_url() -> str:
+    """WANDB_BASE_URL, else the server ``wandb login --host`` recorded in wandb's settings files."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    config_dir = Path(os.environ.get("WANDB_CONFIG_DIR") or Path.home() / ".config" / "wandb")
+    for settings in (Path("wandb") / "settings", config_dir / "settings"):  # the project's first
+        parser = configparser.ConfigParser()
+        try:
+            parser.read(settings)
+        except configparser.Error:
+            continue
+        if parser.has_option("default", "base_url"):
+            return parser.get("default", "base_url")
+    return DEFAULT_BASE_URL

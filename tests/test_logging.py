@@ -102,10 +102,7 @@ def no_wandb_setup(tmp_path, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    wandb = pytest.importorskip("wandb")
-    wandb.teardown()  # wandb keeps its settings and login per process: start from none
-    yield tmp_path
-    wandb.teardown()
+    return tmp_path
 
 
 @pytest.mark.parametrize("setting, offline", [({}, True), ({"WANDB_MODE": "online"}, False),
@@ -135,8 +132,6 @@ def test_wandb_login_in_netrc_counts_for_its_server(no_wandb_setup, monkeypatch,
     (home / ".netrc").write_text(f"machine {netloc}\n  login user\n  password {'k' * 40}\n")
     (home / ".netrc").chmod(0o600)
     assert has_wandb_credentials()
-    import wandb
-    wandb.teardown()  # forget the login
     (home / ".netrc").write_text(f"machine other.example.com\n  login user\n  password {'k' * 40}\n")
     assert not has_wandb_credentials()
 
