@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from .kernels import emulated, kernel  # noqa: F401  (fixtures: the WKV kernels under test)
+from .wkv_kernels import emulated, kernel  # noqa: F401  (fixtures: the WKV kernels under test)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,4 @@
-"""The CUDA WKV kernels on the CPU: what only the emulated build can show (see tests/kernels.py,
+"""The CUDA WKV kernels on the CPU: what only the emulated build can show (see tests/wkv_kernels.py,
 whose ``kernel`` fixture runs the cases every kernel shares in tests/test_wkv_kernels.py). What a
 GPU adds beyond this (speed, the real bf16 type, register and shared-memory limits) is covered by
 the GPU kernels of that fixture and tests/test_wkv_cuda.py (gpu).
@@ -17,7 +17,7 @@ from rwkv_infctx.ops.cuda import CUDA_DIR, run_wkv7
 
 from .helpers import (assert_wkv_close, fill_allocations_with_nan, forward_backward, wkv7_inputs, wkv_inputs,
                       wkv_reference)
-from .kernels import emulated_op
+from .wkv_kernels import emulated_op
 
 FP32_TOL = 1e-5  # relative RMS error against the float32 reference; observed <= 3e-7
 

@@ -29,7 +29,8 @@ def test_private_lightning_attributes_we_rely_on_exist():
             _lookup(trainer, path)
         except AttributeError:
             raise AssertionError(f"Lightning {L.__version__} has no trainer.{path}, which {user} uses ({why}): "
-                                 "install a Lightning version within requirements.txt's pin, or port that code") from None
+                                 "install a Lightning version within requirements.txt's pin, or port that code"
+                                 ) from None
     # the flag we set is the one Lightning's public property (and its loop) reads
     trainer._signal_connector.received_sigterm = True
     assert trainer.received_sigterm

@@ -1,9 +1,9 @@
 """What only the GPU backends (cuda: our kernels, fla: flash-linear-attention) are asked: mixed
 dtypes, strided views, devices. The cases every kernel shares run over the ``kernel`` fixture in
-tests/test_wkv_kernels.py (tests/kernels.py holds the sizes and tolerances).
+tests/test_wkv_kernels.py (tests/wkv_kernels.py holds the sizes and tolerances).
 
 Marked gpu: skipped without a CUDA GPU (conftest). The fla cases also skip when fla is not installed.
-Tolerances (relative RMS error, helpers.rel_err) as in tests/kernels.py. These bounds have not been
+Tolerances (relative RMS error, helpers.rel_err) as in tests/wkv_kernels.py. These bounds have not been
 observed yet: no GPU run has happened.
 """
 
@@ -13,7 +13,7 @@ import torch
 from rwkv_infctx.ops import BACKENDS
 
 from .helpers import assert_wkv_close, forward_backward, wkv7_inputs, wkv_inputs, wkv_reference
-from .kernels import gpu_op, require_gpu_backend
+from .wkv_kernels import gpu_op, require_gpu_backend
 
 pytestmark = pytest.mark.gpu
 

@@ -1,4 +1,4 @@
-"""Every WKV kernel (the ``kernel`` fixture of tests/kernels.py: the CUDA sources emulated on the
+"""Every WKV kernel (the ``kernel`` fixture of tests/wkv_kernels.py: the CUDA sources emulated on the
 CPU, and the cuda and fla backends on a GPU) against the float32 reference: the same cases, each
 kernel with its own sizes and tolerances (relative RMS error, helpers.rel_err)."""
 
