@@ -151,3 +151,21 @@ def test_fresh_fit_with_a_missing_load_model_file_fails_in_one_line(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"^model.load_model: no such file '.*gone.pth'$"):
         tiny_fit(tmp_path, small_corpus(tmp_path), 1, module_args={"load_model": str(tmp_path / "gone.pth")})
+
+
+def test_pissa_lora_resume_needs_no_load_model_file(tmp_path):
+    """PiSSA's adapters start from the loaded weights' SVD; a resume rebuilds them without the .pth
+    (and without the SVD): the checkpoint restores adapters and residual base alike."""
+    from rwkv_infctx.checkpoint import save_pth
+
+    from .helpers import logged_steps, random_model, tiny_config, tiny_fit
+
+    source = small_corpus(tmp_path)
+    pth = save_pth(random_model(tiny_config(n_layer=1, n_embd=32, vocab_size=65536)), tmp_path / "base.pth")
+    args = {"load_model": str(pth), "lora": {"r": 4, "init": "pissa"}}
+    whole = logged_steps(tiny_fit(tmp_path / "whole", source, 4, checkpoint_every=2, module_args=args))
+    pth.unlink()
+    (ckpt,) = (tmp_path / "whole" / "ckpt").glob("epoch=*-step=2.ckpt")
+    rest = logged_steps(tiny_fit(tmp_path / "resumed", source, 4, ckpt_path=ckpt, module_args=args))
+    assert [s for s, *_ in whole] == [0, 1, 2, 3] and [s for s, *_ in rest] == [2, 3]
+    assert [loss for _, loss, _ in rest] == pytest.approx([loss for _, loss, _ in whole[2:]], rel=1e-6)
