@@ -37,6 +37,18 @@ def detect_version(state_dict: dict[str, Tensor]) -> str:
 def load_pth(path: str | os.PathLike, argument: str = "model.load_model") -> dict[str, Tensor]:
     """A .pth state dict on CPU, with any Lightning/DeepSpeed wrapper prefix removed; ``argument``
     names the setting the path came from in error messages."""
+    sd = _read_state_dict(path, argument)
+    refuse_nonfinite(sd, f"{path}: holds")
+    return sd
+
+
+def pth_config(path: str | os.PathLike, argument: str = "model.load_model") -> ModelConfig:
+    """The architecture of a .pth, from its tensor shapes: a zip-format file is memory-mapped, so
+    no weight is read (the training module builds its model with this before it loads any weight)."""
+    return config_from_state_dict(_read_state_dict(path, argument))
+
+
+def _read_state_dict(path: str | os.PathLike, argument: str) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{argument}: no such file {str(path)!r}")
@@ -45,9 +57,7 @@ def load_pth(path: str | os.PathLike, argument: str = "model.load_model") -> dic
         sd = sd["state_dict"]  # a Lightning .ckpt
     if not isinstance(sd, dict) or "emb.weight" not in strip_wrapper_prefixes(sd):
         raise CheckpointError(f"{path}: not an RWKV state dict (no 'emb.weight')")
-    sd = strip_wrapper_prefixes(sd)
-    refuse_nonfinite(sd, f"{path}: holds")
-    return sd
+    return strip_wrapper_prefixes(sd)
 
 
 def _torch_load_weights(path: Path):

@@ -14,13 +14,14 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from .cli_wandb import wandb_offline_without_account
+from .config import ARCHITECTURE_SIZES
 from .data.datamodule import RWKVDataModule
 from .errors import ConfigError, one_line_errors
 from .files import atomic_write, first_unused
 from .training.module import RWKVModule
 from .training.safety import LIGHTNING_CKPT_NAMES
 from .training.strategy import check_strategy
-from .training.wandb_login import wandb_offline_without_account
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -56,11 +57,36 @@ class RWKVTrainerCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path") if config else None
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES and not Path(ckpt_path).exists():
             raise ConfigError(f"ckpt_path: no such file {ckpt_path!r}")
+        if ckpt_path and Path(ckpt_path).is_file():
+            sizes_from_checkpoint(config.get("model"), ckpt_path)
 
     def before_fit(self) -> None:
         check_strategy(self.trainer)
+        config = self.config_init[self.subcommand]
+        ckpt_path = config.get("ckpt_path")
+        if not ckpt_path:  # a fresh run: a missing or unreadable load_model fails now, before the data is read
+            self.model.prepare_weights()
+        elif ckpt_path not in LIGHTNING_CKPT_NAMES:
+            # given to the trainer before fit (not as fit's argument, which Lightning reveals only after
+            # setup), so that the module's setup knows the checkpoint brings the weights: no .pth is read
+            self.trainer.ckpt_path, config["ckpt_path"] = ckpt_path, None
 
     before_validate = before_test = before_fit
+
+
+def sizes_from_checkpoint(model_config, ckpt_path: str) -> None:
+    """A resume builds the model before its checkpoint is restored: the sizes the command line
+    leaves to their defaults (dim_ffn, LoRA ranks) are the checkpoint's, which a run from a .pth
+    recorded from the file's shapes (the .pth itself may be gone by now)."""
+    import torch
+
+    try:  # memory-mapped: only the hyperparameters are read
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
+    except Exception:  # not a readable checkpoint: the restore names the problem in one line
+        return
+    for name in ARCHITECTURE_SIZES:
+        if model_config is not None and model_config.get(name) is None and saved.get(name) is not None:
+            model_config[name] = saved[name]
 
 
 def loggers_write_into_default_root_dir(trainer_config) -> None:

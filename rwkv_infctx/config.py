@@ -89,3 +89,7 @@ class ModelConfig:
             raise ConfigError(f"unknown model config keys {unknown}; known: {sorted(known)}")
         return cls(**values)
 
+
+# The sizes that follow n_embd by the version's defaults (VERSION_DEFAULTS) unless set, and that a
+# .pth may carry at other values: a model built from a .pth takes them from its shapes.
+ARCHITECTURE_SIZES: tuple[str, ...] = tuple(f.name for f in fields(ModelConfig) if f.default is None)

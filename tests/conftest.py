@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from .wkv_kernels import emulated, kernel  # noqa: F401  (fixtures: the WKV kernels under test)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

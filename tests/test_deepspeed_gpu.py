@@ -6,14 +6,12 @@ CPU, tests/test_export_deepspeed.py covers the checkpoint-folder export.
 
 import csv
 import glob
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .helpers import ROOT
+from .helpers import run_script
 
 TINY = ["--model.n_layer", "2", "--model.n_embd", "128", "--model.head_size", "64", "--model.ctx_len", "64",
         "--model.lr_init", "3e-3", "--model.warmup_steps", "0", "--data.sample_len", "256", "--data.batch_size", "2",
@@ -26,7 +24,7 @@ STAGES = ["deepspeed_stage_1", "deepspeed_stage_2", "deepspeed_stage_2_offload",
 
 
 def run(*args):
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    proc = run_script(*args, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from jsonargparse import Namespace
 
+from rwkv_infctx.cli_wandb import has_wandb_credentials, wandb_offline_without_account
 from rwkv_infctx.training.plot import LossCurve
 from rwkv_infctx.training.plot import main as plot_main
 from rwkv_infctx.training.plot import smooth
-from rwkv_infctx.training.wandb_login import has_wandb_credentials, wandb_offline_without_account
 
 from .helpers import ROOT, TINY_CLI
 
@@ -138,20 +138,31 @@ def test_wandb_login_in_netrc_counts_for_its_server(no_wandb_setup, monkeypatch,
 
 def test_loss_curve_has_one_point_per_optimizer_step_numbered_like_metrics_csv():
     """With gradient accumulation over 2 micro-batches: the mean of each pair, at steps 0, 1, ..."""
-    epoch_loop = SimpleNamespace(_batches_that_stepped=0)  # Lightning increments it after the hooks
-    trainer = SimpleNamespace(global_step=0, is_global_zero=True, callback_metrics={}, sanity_checking=False,
-                              fit_loop=SimpleNamespace(epoch_loop=epoch_loop))
+    trainer = SimpleNamespace(global_step=0, is_global_zero=True, callback_metrics={}, sanity_checking=False)
     curve = LossCurve()
     curve.on_train_start(trainer, None)
     for i, (loss, step_after) in enumerate([(4.0, 0), (2.0, 1), (3.0, 1), (1.0, 2)]):
+        curve.on_train_batch_start(trainer, None, None, i)
         trainer.callback_metrics["train/loss"] = torch.tensor(loss)
         trainer.global_step = step_after
         curve.on_train_batch_end(trainer, None, None, None, i)
         if i == 2:  # a validation in the middle of step 1's accumulation window, logged at step 1
             trainer.callback_metrics["val/loss"] = torch.tensor(5.0)
             curve.on_validation_end(trainer, None)
-        epoch_loop._batches_that_stepped = step_after
     assert curve.train == [(0, 3.0), (1, 2.0)] and curve.val == [(1, 5.0)]
+
+
+def test_loss_curve_of_a_run_is_what_its_metrics_csv_gives(tmp_path):
+    """A real fit with gradient accumulation: loss.png's points carry metrics.csv's step numbers."""
+    from rwkv_infctx.training.plot import read_metrics_csv
+
+    from .helpers import tiny_fit
+    from .test_resume import small_corpus
+
+    curve = LossCurve()
+    trainer = tiny_fit(tmp_path, small_corpus(tmp_path), 3, callbacks=[curve], accumulate_grad_batches=2)
+    train, _ = read_metrics_csv(Path(trainer.logger.log_dir) / "metrics.csv")
+    assert [s for s, _ in curve.train] == [s for s, _ in train] == [0, 1, 2]
 
 
 def test_redrawn_curve_averages_the_micro_batches_of_a_step(tmp_path):

@@ -110,6 +110,7 @@ def test_bf16_blinkdl_pth_with_legacy_keys_loads_for_finetuning(tmp_path):
     path = save_pth(sd, tmp_path / "released.pth")
     module = RWKVModule(n_layer=cfg.n_layer, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size, head_size=cfg.head_size,
                         load_model=str(path))
+    module.prepare_weights()  # what the Trainer runs in setup
     loaded = module.model.state_dict()
     assert loaded["head.weight"].dtype == torch.float32
     assert torch.equal(loaded["head.weight"], sd["head.weight"].float())

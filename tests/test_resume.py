@@ -105,3 +105,67 @@ def test_resumed_magic_prime_run_continues_the_uninterrupted_loss_curve(tmp_path
     for resumed, uninterrupted in zip(rest, whole[len(first):]):
         assert resumed[0] == uninterrupted[0]
         assert resumed[1:] == pytest.approx(uninterrupted[1:], rel=1e-6), (resumed, uninterrupted)
+
+
+def cli_fit(root: Path, source: str, pth: Path, max_steps: int, *args: str) -> list[tuple[int, float]]:
+    """A CLI fit of config-example.yaml from ``pth`` on ``source``, checkpointing every 2 steps into
+    <root>/ckpt; returns metrics.csv's (step, train/loss)."""
+    from rwkv_infctx.cli import main
+
+    from .helpers import ROOT, TINY_CLI
+
+    main(["fit", "-c", str(ROOT / "config-example.yaml"), *TINY_CLI, "--data.batch_size", "2", "--data.source", source,
+          "--model.load_model", str(pth), "--model.lr_init", "1e-2", "--model.warmup_steps", "0",
+          "--model.export_pth", "false", "--model.plot_loss", "false", "--trainer.max_steps", str(max_steps),
+          "--trainer.limit_val_batches", "0", "--trainer.log_every_n_steps", "1",
+          "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+          "--trainer.callbacks.init_args.dirpath", str(root / "ckpt"),
+          "--trainer.callbacks.init_args.every_n_train_steps", "2", *args])
+    (metrics,) = root.glob("**/metrics.csv")
+    return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(open(metrics)) if r.get("train/loss")]
+
+
+def test_resume_needs_no_load_model_file(tmp_path):
+    """The .pth a run started from is read once, at the start: a resume takes the weights (and the
+    sizes the file had, here a dim_ffn the config leaves at its default) from the checkpoint alone."""
+    from rwkv_infctx.checkpoint import save_pth
+
+    from .helpers import random_model, tiny_config
+
+    source = small_corpus(tmp_path)
+    pth = save_pth(random_model(tiny_config(n_layer=1, n_embd=32, vocab_size=65536, dim_ffn=96)), tmp_path / "base.pth")
+    whole = cli_fit(tmp_path / "whole", source, pth, 4, "--trainer.callbacks.init_args.save_top_k", "-1")
+    pth.unlink()
+    (ckpt,) = (tmp_path / "whole" / "ckpt").glob("epoch=*-step=2.ckpt")
+    rest = cli_fit(tmp_path / "resumed", source, pth, 4, "--ckpt_path", str(ckpt))
+    assert [s for s, _ in whole] == [0, 1, 2, 3] and [s for s, _ in rest] == [2, 3]
+    assert [loss for _, loss in rest] == pytest.approx([loss for _, loss in whole[2:]], rel=1e-6)
+
+
+def test_fresh_fit_with_a_missing_load_model_file_fails_in_one_line(tmp_path):
+    """Outside the CLI (which checks before reading the data) a missing .pth is taken for a resume
+    until the trainer starts: without a checkpoint the run stops there, naming the file."""
+    from rwkv_infctx.errors import CheckpointError
+
+    from .helpers import tiny_fit
+
+    with pytest.raises(CheckpointError, match=r"^model.load_model: no such file '.*gone.pth'$"):
+        tiny_fit(tmp_path, small_corpus(tmp_path), 1, module_args={"load_model": str(tmp_path / "gone.pth")})
+
+
+def test_pissa_lora_resume_needs_no_load_model_file(tmp_path):
+    """PiSSA's adapters start from the loaded weights' SVD; a resume rebuilds them without the .pth
+    (and without the SVD): the checkpoint restores adapters and residual base alike."""
+    from rwkv_infctx.checkpoint import save_pth
+
+    from .helpers import logged_steps, random_model, tiny_config, tiny_fit
+
+    source = small_corpus(tmp_path)
+    pth = save_pth(random_model(tiny_config(n_layer=1, n_embd=32, vocab_size=65536)), tmp_path / "base.pth")
+    args = {"load_model": str(pth), "lora": {"r": 4, "init": "pissa"}}
+    whole = logged_steps(tiny_fit(tmp_path / "whole", source, 4, checkpoint_every=2, module_args=args))
+    pth.unlink()
+    (ckpt,) = (tmp_path / "whole" / "ckpt").glob("epoch=*-step=2.ckpt")
+    rest = logged_steps(tiny_fit(tmp_path / "resumed", source, 4, ckpt_path=ckpt, module_args=args))
+    assert [s for s, *_ in whole] == [0, 1, 2, 3] and [s for s, *_ in rest] == [2, 3]
+    assert [loss for _, loss, _ in rest] == pytest.approx([loss for _, loss, _ in whole[2:]], rel=1e-6)

@@ -2,26 +2,12 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rwkv_infctx.ops import BACKENDS, wkv7
 from rwkv_infctx.ops.chunked import wkv7_chunked
 from rwkv_infctx.ops.reference import wkv7_reference
 
-from .helpers import assert_bf16_close, forward_backward, in_two_calls, rel_err
-
-
-def make_inputs(B=2, T=20, H=3, N=8, seed=0, dtype=torch.float32, state=True):
-    """Realistic magnitudes: log-decay in the model's range, a = -kk, b = kk * iclr."""
-    g = torch.Generator().manual_seed(seed)
-    rnd = lambda *s: torch.randn(*s, generator=g)
-    r, k, v = rnd(B, T, H, N), rnd(B, T, H, N) * 0.5, rnd(B, T, H, N)
-    w = -0.6065 * torch.sigmoid(rnd(B, T, H, N) * 2)
-    kk = F.normalize(rnd(B, T, H, N), dim=-1)
-    iclr = torch.sigmoid(rnd(B, T, H, N))
-    s0 = rnd(B, H, N, N) * 0.3 if state else None
-    xs = [x.to(dtype) for x in (r, w, k, v, -kk, kk * iclr)]
-    return xs, s0
+from .helpers import assert_bf16_close, assert_wkv_close, forward_backward, in_two_calls, rel_err, wkv_inputs, wkv7_inputs
 
 
 def blinkdl_layout_loop(r, w, k, v, a, b, s0):
@@ -38,7 +24,7 @@ def blinkdl_layout_loop(r, w, k, v, a, b, s0):
 
 
 def test_reference_matches_blinkdl_layout_formulation():
-    xs, s0 = make_inputs()
+    xs, s0 = wkv7_inputs()
     out, state = wkv7_reference(*xs, initial_state=s0)
     out2, state2 = blinkdl_layout_loop(*xs, s0)
     torch.testing.assert_close(out, out2, rtol=1e-5, atol=1e-5)
@@ -60,7 +46,7 @@ def test_reference_hand_computed_single_token():
 @pytest.mark.parametrize("T", [16, 15, 63], ids=lambda t: f"T{t}")
 def test_state_round_trip(backend, T):
     """T tokens at once == T/2 then the rest with the state carried (fp32, atol 1e-5)."""
-    xs, s0 = make_inputs(T=T)
+    xs, s0 = wkv7_inputs(T=T)
     out, state = wkv7(*xs, initial_state=s0, backend=backend)
     o, s2 = in_two_calls(BACKENDS[backend].wkv7, 7, T // 2)(*xs, initial_state=s0)
     torch.testing.assert_close(o, out, rtol=1e-5, atol=1e-5)
@@ -71,20 +57,15 @@ def test_state_round_trip(backend, T):
 @pytest.mark.parametrize("block_len", [16, 32])
 def test_chunked_matches_reference_fp32(T, block_len):
     """Output, final state and the gradients of every input and of the initial state: rel. RMS < 1e-5."""
-    xs, s0 = make_inputs(B=2, T=T, H=2, N=16)
+    xs, s0 = wkv7_inputs(B=2, T=T, H=2, N=16)
     ref = forward_backward(wkv7_reference, xs, s0)
     fast = forward_backward(lambda *a, **kw: wkv7_chunked(*a, block_len=block_len, **kw), xs, s0)
-    assert rel_err(fast[0], ref[0]) < 1e-5
-    assert rel_err(fast[1], ref[1]) < 1e-5
-    names = ["r", "w", "k", "v", "a", "b", "initial_state"]
-    for name, g_fast, g_ref in zip(names, fast[2], ref[2]):
-        assert torch.isfinite(g_fast).all(), name
-        assert rel_err(g_fast, g_ref) < 1e-5, name
+    assert_wkv_close(ref, fast, 7, 1e-5)
 
 
 def test_chunked_bf16_inputs_close_to_fp32_reference():
     """bf16 inputs (fp32 state and accumulation): rel. RMS error against fp32 < 5e-3."""
-    xs, s0 = make_inputs(B=1, T=64, H=4, N=16)
+    xs, s0 = wkv7_inputs(B=1, T=64, H=4, N=16)
     ref = forward_backward(wkv7_reference, xs, s0)
     fast = forward_backward(wkv7_chunked, [x.bfloat16() for x in xs], s0)
     assert_bf16_close(fast, ref)
@@ -92,7 +73,7 @@ def test_chunked_bf16_inputs_close_to_fp32_reference():
 
 def test_chunked_strong_decay_is_finite():
     """Decays far below the model's clamp (v5/v6 allow them) must not overflow the pair ratios."""
-    xs, s0 = make_inputs(T=64)
+    xs, s0 = wkv7_inputs(T=64)
     xs[1] = xs[1] * 40  # log-decay down to about -24 per token
     out, state = wkv7_chunked(*xs, initial_state=s0)
     ref, ref_state = wkv7_reference(*xs, initial_state=s0)
@@ -105,19 +86,15 @@ def test_factored_form_is_exact_at_the_strongest_decay_the_model_allows():
     default length still takes the factored path, and it matches the reference."""
     from rwkv_infctx.ops.chunked import DEFAULT_BLOCK_LEN, _factorable
 
-    xs, s0 = make_inputs(T=100, H=2, N=16)
+    xs, s0 = wkv7_inputs(T=100, H=2, N=16)
     xs[1] = torch.full_like(xs[1], -0.6065)
     assert _factorable(xs[1], DEFAULT_BLOCK_LEN) and not _factorable(xs[1] * 40, DEFAULT_BLOCK_LEN)
-    ref = forward_backward(wkv7_reference, xs, s0)
-    fast = forward_backward(wkv7_chunked, xs, s0)
-    assert rel_err(fast[0], ref[0]) < 1e-5 and rel_err(fast[1], ref[1]) < 1e-5
-    for g_fast, g_ref in zip(fast[2], ref[2]):
-        assert rel_err(g_fast, g_ref) < 1e-5
+    assert_wkv_close(forward_backward(wkv7_reference, xs, s0), forward_backward(wkv7_chunked, xs, s0), 7, 1e-5)
 
 
 def test_unknown_backend_is_a_config_error():
     from rwkv_infctx.errors import ConfigError
-    xs, s0 = make_inputs(T=4)
+    xs, s0 = wkv7_inputs(T=4)
     with pytest.raises(ConfigError, match="wkv_backend"):
         wkv7(*xs, backend="triton-typo")
 
@@ -126,10 +103,8 @@ def test_unknown_backend_is_a_config_error():
 @pytest.mark.parametrize("version", [7, 6], ids=lambda v: f"wkv{v}")
 def test_state_arithmetic_stays_float32_under_autocast(backend, version):
     """bf16 autocast (bf16-mixed training) changes neither output nor state of float32 inputs."""
-    from .test_wkv6_ops import make_inputs as make_inputs6
-
     op = getattr(BACKENDS[backend], f"wkv{version}")
-    xs, s0 = (make_inputs if version == 7 else make_inputs6)(B=2, T=64, H=2, N=16)
+    xs, s0 = wkv_inputs(version, B=2, T=64, H=2, N=16)
     plain = op(*xs, initial_state=s0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         autocast = op(*xs, initial_state=s0)
@@ -139,6 +114,6 @@ def test_state_arithmetic_stays_float32_under_autocast(backend, version):
 
 def test_ops_run_on_meta_tensors():
     """Shape inference (meta device, where autocast does not exist) still works through the ops."""
-    xs, s0 = make_inputs(B=1, T=20, H=2, N=8)
+    xs, s0 = wkv7_inputs(B=1, T=20, H=2, N=8)
     out, state = BACKENDS["chunked"].wkv7(*(x.to("meta") for x in xs), initial_state=s0.to("meta"))
     assert out.shape == xs[0].shape and state.shape == s0.shape and out.device.type == "meta"

@@ -320,6 +320,9 @@ class RWKVDataModule(L.LightningDataModule):
         if self._resume and trainer.fit_loop._combined_loader is not None:
             # DeepSpeed and FSDP restore after building the train loader (to count the steps):
             # make Lightning ask for it again, so that it starts where the checkpoint stopped.
+            # No public API asks for that (tests/test_lightning_internals.py checks the attribute);
+            # torchdata's StatefulDataLoader would move the position into Lightning's own loader
+            # state, but it would replace our samplers' resume (BlinkDL's magic-prime order too).
             trainer.fit_loop._combined_loader = None
 
     def _batches_to_skip(self, global_batch: int) -> int:

@@ -74,8 +74,9 @@ class LoraConfig:
 
 
 # -- building -----------------------------------------------------------------------------------
-def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Wrap the target Linear layers in peft LoRA layers, in place (the model keeps its class)."""
+def add_lora(model: nn.Module, cfg: LoraConfig, restoring: bool = False) -> nn.Module:
+    """Wrap the target Linear layers in peft LoRA layers, in place (the model keeps its class).
+    ``restoring``: a checkpoint is about to overwrite every weight, so skip the init (PiSSA's SVD)."""
     import peft
 
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -86,6 +87,7 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
         suffixes = sorted({n.split(".", 2)[-1] for n in linears if n.startswith("blocks.")})
         raise ConfigError(f"model.lora.targets {unknown} match no Linear layer of this model; choose from {suffixes}")
     init = "pissa" + (f"_niter_{cfg.pissa_niter}" if cfg.pissa_niter else "") if cfg.init == "pissa" else True
+    init = False if restoring else init  # peft's plain random init: cheap
     peft_cfg = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                target_modules=targets, init_lora_weights=init)
     return peft.inject_adapter_in_model(peft_cfg, model, adapter_name=ADAPTER)
@@ -283,9 +285,11 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, lora: LoraConfig | N
 
 # -- what the LightningModule calls -------------------------------------------------------------
 def prepare_finetuning(model: nn.Module, lora: LoraConfig | None, train_state: bool, train_only: list[str],
-                       train_also: list[str], freeze: list[str], adapter_path: str | None) -> LoraConfig | None:
+                       train_also: list[str], freeze: list[str], adapter_path: str | None,
+                       restoring: bool = False) -> LoraConfig | None:
     """Add LoRA and the state parameter as configured, load an adapter file, choose what trains.
-    Returns the LoRA settings in force (an adapter file brings its own)."""
+    Returns the LoRA settings in force (an adapter file brings its own). ``restoring``: a training
+    checkpoint is about to overwrite the weights, so LoRA layers skip their (PiSSA: costly) init."""
     if lora is not None and train_only:
         raise ConfigError("model.train_only and model.lora exclude each other: with LoRA the base is "
                           "frozen; name extra trained tensors in model.train_also")
@@ -295,7 +299,7 @@ def prepare_finetuning(model: nn.Module, lora: LoraConfig | None, train_state: b
     if adapter_path:
         lora = load_adapter(model, adapter_path, lora)
     elif lora is not None:
-        add_lora(model, lora)
+        add_lora(model, lora, restoring)
     select_trainable(model, train_only, [w for w in train_also if w != "state"], freeze, train_state)
     return lora
 

@@ -11,13 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from ..checkpoint import (
-    check_compatible,
-    config_from_state_dict,
-    load_pth,
-    load_state_into,
-)
-from ..config import ModelConfig, Version
+from ..checkpoint import check_compatible, load_pth, load_state_into, pth_config
+from ..config import ARCHITECTURE_SIZES, ModelConfig, Version
 from ..data.tokenizer import load_tokenizer
 from ..errors import ConfigError, DataError
 from ..eval.lambada import read_lambada, score_target
@@ -149,20 +144,18 @@ class RWKVModule(L.LightningModule):
         wkv_backend = resolve_backend(wkv_backend, wkv_fallback)
         # the architecture fields are this constructor's arguments of the same name (tested)
         cfg = ModelConfig(**{f.name: self.hparams[f.name] for f in fields(ModelConfig)})
-        if load_model:
-            sd = load_pth(load_model)
-            file_cfg = config_from_state_dict(sd)
+        if load_model and Path(load_model).is_file():  # gone on a resume: then the config (or the CLI) says
+            file_cfg = pth_config(load_model)  # shapes only: the weights are read in prepare_weights
             check_compatible(cfg, file_cfg, load_model)
-            self.model = RWKV(file_cfg, wkv_backend)
-            load_state_into(self.model, sd, load_model)
-        else:
-            self.model = RWKV(cfg, wkv_backend)
+            cfg = file_cfg
+            # the checkpoints record the file's sizes, so that a resume without the file builds the same model
+            self.hparams.update({name: getattr(cfg, name) for name in ARCHITECTURE_SIZES})
+        self.model = RWKV(cfg, wkv_backend)
+        if not load_model:
             self.model.init_weights()
-        self.lora = prepare_finetuning(self.model, lora, train_state, train_only or [], train_also or [],
-                                       freeze or [], load_adapter)
-        self.hparams["lora"] = asdict(self.lora) if self.lora else None  # plain data, also from an adapter file
-        check_exports(self.model, self.lora, export_adapter, export_state)
-        rank_zero_info(describe_training(self.model))
+        self.lora = lora  # the settings in force once prepare_weights ran (an adapter file brings its own)
+        self._weights_ready = False
+        self._awaiting_restore = False  # prepare_weights left the weights to a checkpoint not yet restored
         # Token counts are positions the model ran (micro-batch x padded length), on all devices.
         self._last_batch_end: float | None = None
         self._tokens_in_batch = 0.0
@@ -170,7 +163,39 @@ class RWKVModule(L.LightningModule):
         self._stop_on_signal: StopOnSignal | None = None
         self._lambada: list[tuple[list[int], list[int]]] = []
 
-    # -- data checks ---------------------------------------------------------------------------
+    # -- weights -------------------------------------------------------------------------------
+    def prepare_weights(self, resuming: bool = False) -> None:
+        """Load ``load_model``'s weights into the model built in __init__ (unless ``resuming``: the
+        checkpoint about to be restored holds them, and the .pth may be gone), then add LoRA, the
+        learned state and ``load_adapter``'s file, and choose what trains. ``setup`` runs it, before
+        the optimizer is made and before a strategy shards the parameters; outside a Trainer, call
+        it yourself. Runs once."""
+        if self._weights_ready:
+            return
+        hp = self.hparams
+        if hp.load_model and not resuming:
+            load_state_into(self.model, load_pth(hp.load_model), hp.load_model)
+        self.lora = prepare_finetuning(self.model, self.lora, hp.train_state, hp.train_only or [],
+                                       hp.train_also or [], hp.freeze or [], hp.load_adapter, restoring=resuming)
+        self.hparams["lora"] = asdict(self.lora) if self.lora else None  # plain data, also from an adapter file
+        check_exports(self.model, self.lora, hp.export_adapter, hp.export_state)
+        rank_zero_info(describe_training(self.model))
+        self._weights_ready = True
+
+    def _checkpoint_brings_the_weights(self) -> bool:
+        """Is a checkpoint to be restored after setup? ``trainer.ckpt_path`` says so when it is set
+        before fit (the CLI sets it); ``trainer.fit(ckpt_path=...)`` names its checkpoint only after
+        setup, so there a load_model file that is gone is taken for a resume, checked at the start."""
+        if self.trainer.ckpt_path:
+            return True
+        self._awaiting_restore = bool(self.hparams.load_model) and not Path(self.hparams.load_model).is_file()
+        return self._awaiting_restore
+
+    def _check_weights_restored(self) -> None:
+        if self._awaiting_restore:  # no checkpoint came: a fresh run whose .pth is missing
+            load_pth(self.hparams.load_model)  # raises the one-line "no such file" error
+
+    # -- data checks, then the weights -----------------------------------------------------------
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         vocab = self.model.cfg.vocab_size
@@ -188,6 +213,8 @@ class RWKVModule(L.LightningModule):
                 f"the data has token id {max_id} but model.vocab_size={self.model.cfg.vocab_size}; "
                 "use a tokenizer that matches the model or raise vocab_size"
             )
+        if not self._weights_ready:  # (the CLI prepares a fresh run's weights before fit)
+            self.prepare_weights(resuming=self._checkpoint_brings_the_weights())
 
     def _read_val_lambada(self, dm) -> list[tuple[list[int], list[int]]]:
         path = self.hparams.val_lambada
@@ -215,6 +242,7 @@ class RWKVModule(L.LightningModule):
         )
 
     def on_train_start(self):
+        self._check_weights_restored()
         self._last_batch_end = None
         rank_zero_info(self._step_glossary())
 
@@ -268,7 +296,16 @@ class RWKVModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         check_resumable(checkpoint, self.model.cfg, self.trainer.ckpt_path if self._trainer else "checkpoint")
+        self._awaiting_restore = False
+        saved_state = (checkpoint.get("state_dict") or {}).get("model.initial_wkv")
+        if saved_state is not None and self.model.initial_wkv is None:  # a state that came with the .pth
+            self.model.initial_wkv = torch.zeros_like(saved_state)
         self._tokens_seen = checkpoint.get("tokens_seen", 0.0)
+
+    def on_validation_start(self):
+        self._check_weights_restored()
+
+    on_test_start = on_validation_start
 
     def on_validation_epoch_start(self):
         self._last_batch_end = None  # validation time is not training throughput

@@ -78,9 +78,15 @@ class LossCurve(L.Callback):
         self.val: Curve = []
         self._micro_batch_losses: list[float] = []
         self._steps_done = 0
+        self._csv_step = 0
 
     def on_train_start(self, trainer, pl_module):
         self._steps_done = trainer.global_step  # non-zero after a resume
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        # metrics.csv's step for what this micro-batch (and a validation after it) logs: the steps
+        # completed before it, as Lightning's loggers count a step only after its last micro-batch
+        self._csv_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = trainer.callback_metrics.get("train/loss")
@@ -90,26 +96,18 @@ class LossCurve(L.Callback):
         if trainer.global_step != self._steps_done:  # this micro-batch closed an optimizer step
             self._steps_done = trainer.global_step
             mean = sum(self._micro_batch_losses) / len(self._micro_batch_losses)
-            self.train.append((csv_step(trainer), mean))
+            self.train.append((self._csv_step, mean))
             self._micro_batch_losses.clear()
 
     def on_validation_end(self, trainer, pl_module):
         loss = trainer.callback_metrics.get("val/loss")
         if loss is not None and trainer.is_global_zero and not trainer.sanity_checking and math.isfinite(loss):
-            self.val.append((csv_step(trainer), float(loss)))
+            self.val.append((self._csv_step, float(loss)))
 
     def on_train_end(self, trainer, pl_module):
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
         if trainer.is_global_zero and self.train:
             plot_losses(self.train, self.val, first_unused(folder / self.filename), title=folder.as_posix())
-
-
-def csv_step(trainer) -> int:
-    """The step number Lightning's loggers give what is logged now (metrics.csv's ``step``): the
-    optimizer steps completed before the current micro-batch's window (a private counter, the one
-    Lightning's logger connector reads; global_step - 1 at the end of a step where it is absent)."""
-    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
-    return getattr(loop, "_batches_that_stepped", max(trainer.global_step - 1, 0))
 
 
 def read_metrics_csv(path: str | Path) -> tuple[Curve, Curve]:

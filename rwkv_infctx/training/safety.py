@@ -86,7 +86,7 @@ def adam_eps_for(precision: str, eps: float) -> float:
 
 
 def newest_checkpoint(trainer) -> str | None:
-    saved = [getattr(cb, "_last_checkpoint_saved", "") for cb in trainer.checkpoint_callbacks]
+    saved = [p for cb in trainer.checkpoint_callbacks for p in [*cb.best_k_models, cb.last_model_path]]
     saved = [p for p in saved if p and os.path.exists(p)]
     return max(saved, key=os.path.getmtime) if saved else None
 
@@ -152,6 +152,7 @@ class StopOnSignal(L.Callback):
         self._previous_sigusr1 = None
         self._saved_at_step: int | None = None
         self._deferred = False  # a signal held back until the step's last micro-batch ends
+        self._steps_before_batch = 0
 
     def should_stop(self) -> bool:
         """Asked by the chunk loop between chunks: drop the step in progress? On one device, and
@@ -177,8 +178,13 @@ class StopOnSignal(L.Callback):
         if callable(handler):
             handler(signal.SIGTERM, frame)
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._steps_before_batch = trainer.global_step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step_complete = not trainer.fit_loop._should_accumulate()
+        step_complete = trainer.global_step != self._steps_before_batch  # this micro-batch made the update
+        # Lightning has no public way to hold back or re-raise a received SIGTERM: its signal
+        # connector's flag (tests/test_lightning_internals.py checks that it is still there)
         if self._deferred and step_complete:
             trainer._signal_connector.received_sigterm, self._deferred = True, False
         if not trainer.received_sigterm:
@@ -194,7 +200,8 @@ class StopOnSignal(L.Callback):
             return
         if isinstance(exception, StepAbandoned) and trainer.global_step > 0:
             # the state of the last completed step, as ModelCheckpoint saves it at that step's end:
-            # before Lightning counts the step for its loggers (it counts it again on restore)
+            # before Lightning counts the step for its loggers (it counts it again on restore);
+            # that count is private (tests/test_lightning_internals.py checks that it is still there)
             trainer.fit_loop.epoch_loop._batches_that_stepped -= 1
         path = self._save(trainer)
         save_logs(trainer)

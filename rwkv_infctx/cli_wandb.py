@@ -1,5 +1,6 @@
-"""A WandbLogger on a machine that never ran ``wandb login`` would stop the run with wandb's login
-error before the first step: such a run logs offline instead (``wandb sync`` uploads it later)."""
+"""wandb on the command line: a WandbLogger on a machine that never ran ``wandb login`` would stop
+the run with wandb's login error before the first step; such a run logs offline instead (``wandb
+sync`` uploads it later). Part of the CLI layer: it rewrites the parsed ``trainer:`` config."""
 
 from __future__ import annotations
 
@@ -35,7 +36,14 @@ def wandb_offline_without_account(trainer_config) -> None:
 
 def has_wandb_credentials() -> bool:
     """An API key or identity token in the environment, or a netrc entry for wandb's server (where
-    ``wandb login`` stores the key, under the host and port of the server it logged in to)."""
+    ``wandb login`` stores the key, under the host and port of the server it logged in to).
+
+    Ours, not wandb's: wandb 0.31's public lookup, ``wandb.login(prompt=False, verify=False)``,
+    starts wandb's service process and keeps process-wide settings that make the offline
+    WandbLogger fail afterwards ("No API key configured") unless ``wandb.teardown()`` drops them,
+    and that teardown waits on the service process (seen blocking a test for over 10 minutes).
+    wandb has no side-effect-free public function for the question; these few lines read the same
+    places (tests/test_logging.py checks each)."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     url = urlparse(wandb_base_url())
