@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, peak_rss_mib  # noqa: E402
 
 
 def _rss_mib() -> float:
@@ -76,11 +76,11 @@ def measure_memory(chunks: int, ctx_len: int, recompute: bool) -> dict:
     module, optimizer = _build(1, ctx_len, recompute)
     _step(module, optimizer, 1, ctx_len)  # allocate optimizer state and warm the allocator
     before = _rss_mib()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_before = peak_rss_mib()
     start = time.perf_counter()
     _step(module, optimizer, 1, chunks * ctx_len)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     return {"chunks": chunks, "tokens": chunks * ctx_len, "recompute_chunks": recompute,
             "rss_before_mib": round(before, 1), "peak_rss_mib": round(max(peak, peak_before), 1),
             "step_growth_mib": round(max(peak - before, 0.0), 1), "step_s": round(seconds, 2)}

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.machine import cpu_name, git_commit  # noqa: E402
+from benchmarks.machine import cpu_name, git_commit, peak_rss_mib  # noqa: E402
 
 MODES = {
     "full": {},
@@ -76,7 +75,7 @@ def run_mode(mode: str, args) -> dict:
     result = {"mode": mode, "trained_params": trained, "frozen_params": frozen,
               "optimizer_state_bytes": optimizer_bytes,
               "tokens_per_s": args.batch_size * args.sample_len * args.steps / seconds,
-              "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+              "peak_rss_gib": peak_rss_mib() / 1024}
     if device == "cuda":
         result["cuda_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return result

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,8 @@ def run_one(args) -> dict:
     import lightning as L
     import torch
 
+    from benchmarks.machine import peak_rss_mib
+
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     ours = args.trainer == "ours"
@@ -106,7 +107,7 @@ def run_one(args) -> dict:
     median = statistics.median(timed)
     return {"trainer": args.trainer, "version": args.version, "steps": len(step_times),
             "median_step_s": round(median, 3), "tokens_per_s": round(args.batch * args.sample_len / median, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": round(peak_rss_mib(), 1)}
 
 
 def run_child(args, trainer: str, version: str) -> dict:

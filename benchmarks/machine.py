@@ -27,3 +27,18 @@ def git_commit(given: str | None = None) -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (MiB), from its own address space's high-water mark.
+
+    Not getrusage's ru_maxrss: Linux carries that over from the address space a process is
+    exec'd from, so a child started by a big parent (a pytest run at 1.5 GB) reports the
+    parent's peak as its own."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
