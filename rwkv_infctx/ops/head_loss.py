@@ -87,15 +87,13 @@ class _LinearLossSum(torch.autograd.Function):
         # grad_weight is None for a frozen head (LoRA, state tuning): a third of the products skipped
         rows = min(slice_tokens, hidden.shape[0])
         logits_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=weight.dtype)
-        scores_buffer = logits_buffer if weight.dtype == torch.float32 else torch.empty_like(logits_buffer,
-                                                                                              dtype=torch.float32)
+        separate_scores = weight.dtype != torch.float32  # bf16/fp16 logits: the softmax runs on a float32 copy
+        scores_buffer = torch.empty_like(logits_buffer, dtype=torch.float32) if separate_scores else logits_buffer
         for start in range(0, hidden.shape[0], slice_tokens):
             part = slice(start, start + slice_tokens)
             h, tgt, msk = hidden[part].to(weight.dtype), targets[part, None], mask[part, None]
             logits = torch.mm(h, weight.t(), out=logits_buffer[:h.shape[0]])
-            scores = scores_buffer[:h.shape[0]]
-            if scores is not logits:
-                scores.copy_(logits)
+            scores = scores_buffer[:h.shape[0]].copy_(logits) if separate_scores else logits
             # softmax in as few passes over the (tokens x vocab) slice as possible, in place: max,
             # exp(x - max), sum, and one scaling that also applies the mask
             max_score, argmax = scores.max(-1, keepdim=True)
@@ -109,7 +107,7 @@ class _LinearLossSum(torch.autograd.Function):
             grad_logits.scatter_add_(-1, tgt, -msk)
             if l2wrap > 0:  # BlinkDL's L2Wrap: push every token's largest logit towards 0
                 grad_logits.scatter_add_(-1, argmax, max_score * msk * l2wrap)
-            if grad_logits is not logits:  # back to the compute dtype, as the plain head's gradient
+            if separate_scores:  # back to the compute dtype, as the plain head's gradient
                 grad_logits = logits.copy_(grad_logits)
             grad_hidden[part] = grad_logits @ weight
             if grad_weight is None:
